@@ -1,0 +1,1 @@
+"""The `superweight` command line: wiring only; the work happens in the public Python API."""
