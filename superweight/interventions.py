@@ -7,10 +7,11 @@ in ``finally``, so an exception inside the block (or a nested context) cannot le
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
@@ -31,7 +32,9 @@ class WeightRef:
 
 
 @contextmanager
-def edited(refs: Iterable[WeightRef], edit: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[list[WeightRef]]:
+def edited(
+    refs: Iterable[WeightRef], edit: Callable[[torch.Tensor], torch.Tensor]
+) -> Iterator[list[WeightRef]]:
     """Replace each referenced weight ``w`` by ``edit(w)`` inside the block; restore on exit."""
     import torch
 
@@ -39,21 +42,170 @@ def edited(refs: Iterable[WeightRef], edit: Callable[[torch.Tensor], torch.Tenso
     saved = [ref.get().clone() for ref in refs]
     try:
         with torch.no_grad():
-            for ref, original in zip(refs, saved):
+            for ref, original in zip(refs, saved, strict=True):
                 ref.site.weight[ref.row, ref.col] = edit(original)
         yield refs
     finally:
         with torch.no_grad():
             # reversed: if a coordinate is listed twice, the first saved (true) original wins
-            for ref, original in reversed(list(zip(refs, saved))):
+            for ref, original in reversed(list(zip(refs, saved, strict=True))):
                 ref.site.weight[ref.row, ref.col] = original
 
 
 def zeroed(refs: Iterable[WeightRef]):
     """``with zeroed(refs):`` the weights are 0 inside the block."""
-    return edited(refs, lambda w: w * 0)
+    import torch
+
+    return edited(refs, torch.zeros_like)
 
 
 def scaled(refs: Iterable[WeightRef], alpha: float):
     """``with scaled(refs, alpha):`` each weight is multiplied by alpha inside the block."""
     return edited(refs, lambda w: w * alpha)
+
+
+# ------------------------------------------------------------------------------ activation restore
+
+
+@contextmanager
+def restored_activation(
+    site: DownProj,
+    channel: int,
+    tokens: Iterable[int] | None = None,
+    value: float | None = None,
+) -> Iterator[None]:
+    """Put the super activation back at ``site``'s output ``channel`` (and ``tokens``) inside the block.
+
+    Enter this *before* zeroing the super weights: it keeps a copy of the weight at entry and, on each
+    forward, writes back what that copy gives on the current input (the paper's "restore the super
+    activation"), or the constant ``value`` when given. The copy equals the original model's
+    activation as long as nothing upstream of ``site`` was edited. ``tokens=None`` restores every position.
+    """
+    import torch.nn.functional as F
+
+    from superweight.errors import SuperweightError
+
+    if site.expert is not None:
+        raise SuperweightError(
+            f"cannot hook one expert of the fused {site.name}; restore a dense down-projection instead"
+        )
+    if not 0 <= channel < site.weight.shape[0]:
+        raise SuperweightError(
+            f"channel {channel} is out of range for {site.label} ({site.weight.shape[0]} outputs)"
+        )
+    weight = site.weight.detach().clone()
+    bias = getattr(site.module, "bias", None)
+    bias = None if bias is None else bias.detach().clone()
+    positions = None if tokens is None else sorted(set(int(t) for t in tokens))
+
+    def hook(_module: Any, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor:
+        seq = output.shape[-2]
+        where = slice(None) if positions is None else [p for p in positions if -seq <= p < seq]
+        if value is not None:
+            output[..., where, channel] = value
+            return output
+        x = inputs[0][..., where, :]
+        original = F.linear(x.to(weight.dtype), weight, bias)[..., channel]
+        output[..., where, channel] = original.to(output.dtype)
+        return output
+
+    handle = site.module.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+# ------------------------------------------------------------------------------ controls: top-k / random-k
+
+SCOPES = ("down_proj", "all")
+_LAYER = re.compile(r"(?:^|\.)(\d+)(?:\.|$)")
+
+
+def scope_sites(model: torch.nn.Module, scope: str = "down_proj") -> list[DownProj]:
+    """The matrices a control may touch: every down-projection, or every decoder Linear (``all``)."""
+    from superweight.architectures import DownProj, down_projections, linear_layers
+    from superweight.errors import SuperweightError
+
+    if scope == "down_proj":
+        return down_projections(model)
+    if scope == "all":
+        sites = []
+        for name, module in linear_layers(model):
+            match = _LAYER.search(name)
+            sites.append(DownProj(int(match.group(1)) if match else 0, name, module))
+        return sites
+    raise SuperweightError(f"unknown --scope {scope!r}; choose one of {', '.join(SCOPES)}")
+
+
+def _key(ref: WeightRef) -> tuple[str, int | None, int, int]:
+    return (ref.site.name, ref.site.expert, ref.row, ref.col)
+
+
+def top_k_refs(
+    model: torch.nn.Module, k: int = 7000, exclude: Iterable[WeightRef] = (), scope: str = "down_proj"
+) -> list[WeightRef]:
+    """The ``k`` largest-magnitude weights in ``scope`` other than ``exclude`` (the paper's control)."""
+    import torch
+
+    skip = {_key(ref) for ref in exclude}
+    sites = scope_sites(model, scope)
+    want = k + len(skip)
+    candidates: list[tuple[float, int, int]] = []  # (|w|, site index, flat index)
+    for s, site in enumerate(sites):
+        flat = site.weight.detach().abs().reshape(-1)
+        values, index = torch.topk(flat, min(want, flat.numel()))
+        candidates.extend(zip(values.tolist(), [s] * len(index), index.tolist(), strict=True))
+    candidates.sort(key=lambda c: (-c[0], c[1], c[2]))
+    refs: list[WeightRef] = []
+    for _, s, flat_index in candidates:
+        site = sites[s]
+        row, col = divmod(flat_index, site.weight.shape[1])
+        ref = WeightRef(site, row, col)
+        if _key(ref) in skip:
+            continue
+        refs.append(ref)
+        if len(refs) == k:
+            break
+    return refs
+
+
+def random_k_refs(
+    model: torch.nn.Module,
+    k: int = 7000,
+    exclude: Iterable[WeightRef] = (),
+    scope: str = "down_proj",
+    seed: int = 0,
+) -> list[WeightRef]:
+    """``k`` distinct weights drawn uniformly (seeded) from all of ``scope``, ``exclude`` left out."""
+    import torch
+
+    skip = {_key(ref) for ref in exclude}
+    sites = scope_sites(model, scope)
+    sizes = torch.tensor([site.weight.numel() for site in sites], dtype=torch.long)
+    ends = torch.cumsum(sizes, 0)
+    total = int(ends[-1])
+    if k > total - len(skip):
+        from superweight.errors import SuperweightError
+
+        raise SuperweightError(f"k={k} is more than the {total} weights in scope {scope!r}; use a smaller k")
+    generator = torch.Generator().manual_seed(seed)
+    chosen: dict[tuple, WeightRef] = {}
+    while len(chosen) < k:
+        for flat in torch.randint(0, total, (2 * (k - len(chosen)) + 16,), generator=generator).tolist():
+            s = int(torch.searchsorted(ends, flat, right=True))
+            local = flat - (int(ends[s - 1]) if s else 0)
+            row, col = divmod(local, sites[s].weight.shape[1])
+            ref = WeightRef(sites[s], row, col)
+            key = _key(ref)
+            if key not in skip and key not in chosen:
+                chosen[key] = ref
+                if len(chosen) == k:
+                    break
+    return list(chosen.values())
+
+
+def first_layer(refs: Iterable[WeightRef]) -> int | None:
+    """The earliest decoder layer an edit touches (None for no edits): computation before it is unchanged."""
+    layers = [ref.site.layer for ref in refs]
+    return min(layers) if layers else None

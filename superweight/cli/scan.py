@@ -1,0 +1,128 @@
+"""`superweight scan [MODEL]`: find the super weights and super activations of a model."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from superweight.cli.common import add_model_args, add_output_args, emit, load_from_args
+
+EXAMPLES = """examples:
+  superweight scan                                  the built-in default model (smollm2-135m)
+  superweight scan gemma3-270m --json > scan.json   JSON on stdout
+  superweight scan ./my-model --prompt "Hello" --prompt "Summer is hot. Winter is" --out runs/my-model
+"""
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "scan",
+        help="find super weights and super activations",
+        description="Find super weights (Yu et al. 2024): spikes in the down-projection input and output, "
+        "zeroed and re-run until none is left, each confirmed by the loss it costs.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_model_args(p)
+    add_output_args(p)
+    d = p.add_argument_group("detection")
+    d.add_argument(
+        "--prompt", action="append", metavar="TEXT", help="a prompt to scan with (repeat for several)"
+    )
+    d.add_argument(
+        "--z-threshold", type=float, default=3.5, help="robust z-score a layer must reach (default 3.5)"
+    )
+    d.add_argument(
+        "--min-ratio", type=float, default=5.0, help="and this many times the other layers' median"
+    )
+    d.add_argument("--max-iterations", type=int, default=8, help="cap on zero-and-rerun rounds (default 8)")
+    d.add_argument(
+        "--min-loss-increase", type=float, default=0.25, help="probe loss (nats) zeroing must add to confirm"
+    )
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from superweight.detection import DetectionConfig, find_super_weights
+    from superweight.errors import SuperweightError
+
+    config = DetectionConfig(
+        z_threshold=args.z_threshold,
+        min_ratio=args.min_ratio,
+        max_iterations=args.max_iterations,
+        min_loss_increase=args.min_loss_increase,
+    )
+    for prompt in args.prompt or []:
+        if not prompt.strip():
+            raise SuperweightError("empty prompt: --prompt needs text with at least one token")
+    lm = load_from_args(args)
+    result = find_super_weights(
+        lm.model, lm.tokenizer, args.prompt, config, args.down_proj, model_name=lm.spec
+    )
+    result.timings = {"load_s": lm.load_s, **result.timings}
+    payload = result.to_dict()
+    payload["source"] = {"path": lm.path, "kind": lm.source, "dequantized_from": lm.dequantized_from}
+    emit(args, "scan", payload, render)
+    return 0
+
+
+def render(payload: dict[str, Any]) -> str:
+    from superweight.tables import format_table
+
+    headers = [
+        "layer",
+        "module",
+        "row",
+        "col",
+        "weight",
+        "input act",
+        "output act",
+        "tokens",
+        "loss +nats",
+        "agree",
+    ]
+
+    def rows(weights: list[dict[str, Any]]) -> list[list[Any]]:
+        return [
+            [w["layer"], w["module"], w["row"], w["col"], w["value"], w["input_activation"],
+             w["output_activation"], ",".join(map(str, w["tokens"])), w["loss_increase"], w.get("agreement")]
+            for w in weights
+        ]  # fmt: skip
+
+    confirmed = [w for w in payload["super_weights"] if w["confirmed"]]
+    unconfirmed = [w for w in payload["super_weights"] if not w["confirmed"]]
+    head = f"{payload['model']} ({payload['architecture']}, {payload['num_parameters'] / 1e6:.1f} M parameters)\n"
+    if confirmed:
+        out = head + format_table(headers, rows(confirmed), title="super weights")
+    else:
+        out = head + "no super weight found.\n" + _evidence(payload)
+    if unconfirmed:
+        out += "\n" + format_table(
+            headers, rows(unconfirmed), title="candidates not confirmed (loss increase too small)"
+        )
+    if payload["super_activations"]:
+        acts = [
+            [a["layer"], a["channel"], a["value"], ",".join(map(str, a["tokens"])), a["persists_until"]]
+            for a in payload["super_activations"]
+        ]
+        out += "\n" + format_table(
+            ["layer", "channel", "value", "tokens", "persists to layer"], acts, title="super activations"
+        )
+    t = payload["timings"]
+    out += f"\nload {t.get('load_s', 0):.1f} s, detection {t['detect_s']:.1f} s\n"
+    return out
+
+
+def _evidence(payload: dict[str, Any]) -> str:
+    """Why nothing was found: the layers that came closest."""
+    from superweight.tables import format_table
+
+    top = sorted(payload["layers"], key=lambda s: -min(s["input_z"], s["output_z"]))[:5]
+    rows = [[s["layer"], s["max_input"], s["input_z"], s["max_output"], s["output_z"]] for s in top]
+    cfg = payload["detection"]
+    return format_table(
+        ["layer", "max |input|", "z", "max |output|", "z"],
+        rows,
+        title=f"closest layers (a spike needs z >= {cfg['z_threshold']} and >= {cfg['min_ratio']}x the median, "
+        "in both input and output)",
+    )

@@ -1,0 +1,486 @@
+"""Find super weights and super activations (Yu et al. 2024, section 3.1), with decisions a machine can make.
+
+The published method prints the layers whose down-projection input and output exceed a fixed |value|
+(50) and leaves the rest to the eye. Here:
+
+* A layer *spikes* when its max |activation| is an outlier among the layers: a robust z-score of
+  log-magnitudes against the median and MAD of the *other* layers (leave-one-out, so that one spike
+  cannot hide itself) at least ``z_threshold``, and at least ``min_ratio`` times their median. Log
+  space and ratios make it independent of the model's scale and dtype.
+* A super weight sits where input and output spike together: ``row`` is the output channel of the
+  spike and ``col`` the input channel that contributes most to it (``|W[row, j] * x[token, j]|``; the
+  paper takes the input's arg-max, which is almost always the same channel).
+* It is zeroed and the pass repeated. A candidate whose zeroing does not lower its layer's spike by
+  ``min_spike_drop`` is rejected (the stopping rule); the loop ends when no unexplained spike is left,
+  or after ``max_iterations``. No coordinate is ever reported twice.
+* Each remaining candidate is confirmed causally: zeroing it alone must raise the loss on a probe text
+  by ``min_loss_increase`` nats. Unconfirmed candidates stay in the JSON, out of the main list.
+
+Every weight is restored bit-exactly before returning, even on error.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass, field, fields
+from typing import TYPE_CHECKING, Any
+
+from superweight.architectures import DownProj, architecture_name, down_projections, find_down_proj
+from superweight.capture import SiteActivations, capture_down_proj
+from superweight.errors import SuperweightError
+from superweight.interventions import WeightRef, zeroed
+from superweight.progress import log
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+DEFAULT_PROMPTS: tuple[str, ...] = (
+    "Summer is hot. Winter is",
+    "The capital of France is Paris, and the capital of Italy is",
+    "def add(a, b):\n    return a + b",
+    "In 1969, two astronauts walked on the Moon while millions watched on television.",
+)
+
+PROBE_TEXT = (
+    "The river flows through the old town, past the market square and the church. In spring, the water "
+    "rises with melting snow from the mountains, and the fishermen wait for the first warm days. Most of "
+    "the houses along the bank were built in the eighteenth century, when trade on the river made the town "
+    "rich. Today, visitors come to walk along the water, to eat in the small restaurants, and to see the "
+    "bridge that has stood for more than three hundred years."
+)
+
+
+@dataclass
+class DetectionConfig:
+    """How spikes are decided and candidates confirmed. Defaults work across scales and dtypes."""
+
+    z_threshold: float = 3.5  # robust z of log|max activation| vs the other layers (Iglewicz-Hoaglin: 3.5)
+    min_ratio: float = 5.0  # ...and at least this many times the other layers' median
+    mad_floor: float = 0.25  # floor on the MAD of log-magnitudes, so near-identical layers cannot make tiny noise a spike
+    max_iterations: int = 8  # cap on zero-and-rerun rounds
+    min_spike_drop: float = 0.3  # zeroing a candidate must lower its layer's output spike by this fraction
+    min_loss_increase: float = 0.25  # nats of probe loss zeroing must add to confirm (x1.28 perplexity)
+    fire_fraction: float = 0.25  # a token "fires" where |activation| >= this fraction of the peak
+    probe_text: str = PROBE_TEXT
+
+    def __post_init__(self) -> None:
+        if self.z_threshold <= 0 or self.min_ratio < 1 or self.mad_floor <= 0:
+            raise SuperweightError("z_threshold and mad_floor must be > 0 and min_ratio >= 1")
+        if self.max_iterations < 1:
+            raise SuperweightError("max_iterations must be at least 1")
+        if not 0 < self.min_spike_drop <= 1 or not 0 < self.fire_fraction <= 1:
+            raise SuperweightError("min_spike_drop and fire_fraction must be in (0, 1]")
+
+
+@dataclass
+class LayerStats:
+    """Per-layer evidence: the largest |input| and |output| of its down-projection(s) over all prompts."""
+
+    layer: int
+    max_input: float
+    input_channel: int
+    max_output: float
+    output_channel: int
+    token: int  # position of the output max
+    input_z: float = 0.0
+    output_z: float = 0.0
+    spike: bool = False
+
+
+@dataclass
+class SuperWeight:
+    layer: int
+    module: str  # down-projection label; "name[e]" for expert e of a fused MoE tensor
+    row: int  # output (hidden) channel
+    col: int  # input (intermediate) channel
+    value: float
+    input_activation: float
+    output_activation: float
+    tokens: list[int]
+    loss_increase: float = float("nan")
+    confirmed: bool = False
+    expert: int | None = None
+    agreement: float = 1.0  # share of prompts whose own spike at this layer is at (row, col)
+    spike_drop: float = 0.0  # how much zeroing it lowered its layer's output spike
+
+    @property
+    def coordinate(self) -> tuple[str, int, int]:
+        return (self.module, self.row, self.col)
+
+
+@dataclass
+class SuperActivation:
+    layer: int
+    channel: int
+    value: float
+    tokens: list[int]
+    residual: list[float] = field(default_factory=list)  # max |hidden[:, channel]| after each layer (fired tokens)
+    persists_until: int = -1  # last layer whose residual stays >= half the value right after `layer`
+
+
+@dataclass
+class ScanResult:
+    model: str
+    architecture: str
+    num_parameters: int
+    prompts: list[str]
+    super_weights: list[SuperWeight]  # confirmed
+    unconfirmed: list[SuperWeight]
+    super_activations: list[SuperActivation]
+    layers: list[LayerStats]
+    timings: dict[str, float]
+    base_loss: float
+    config: DetectionConfig
+    iterations: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        config = asdict(self.config)
+        config.pop("probe_text")
+        return {
+            "model": self.model,
+            "architecture": self.architecture,
+            "num_parameters": self.num_parameters,
+            "prompts": list(self.prompts),
+            "super_weights": [asdict(w) for w in self.super_weights + self.unconfirmed],
+            "super_activations": [asdict(a) for a in self.super_activations],
+            "layers": [asdict(s) for s in self.layers],
+            "timings": dict(self.timings),
+            "base_loss": self.base_loss,
+            "detection": {**config, "iterations": self.iterations},
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ScanResult:
+        """Rebuild a result from its JSON (for ablate/quantize/fingerprint given a saved scan)."""
+
+        def build(kind: type, item: dict[str, Any]) -> Any:
+            names = {f.name for f in fields(kind)}
+            return kind(**{k: v for k, v in item.items() if k in names})
+
+        try:
+            weights = [build(SuperWeight, w) for w in data["super_weights"]]
+            detection = dict(data.get("detection", {}))
+            iterations = detection.pop("iterations", [])
+            return cls(
+                model=data["model"],
+                architecture=data["architecture"],
+                num_parameters=int(data["num_parameters"]),
+                prompts=list(data["prompts"]),
+                super_weights=[w for w in weights if w.confirmed],
+                unconfirmed=[w for w in weights if not w.confirmed],
+                super_activations=[build(SuperActivation, a) for a in data.get("super_activations", [])],
+                layers=[build(LayerStats, s) for s in data.get("layers", [])],
+                timings=dict(data.get("timings", {})),
+                base_loss=float(data.get("base_loss", float("nan"))),
+                config=build(DetectionConfig, detection),
+                iterations=iterations,
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SuperweightError(f"not a superweight scan result ({type(exc).__name__}: {exc})") from None
+
+
+def weight_refs(model: nn.Module, weights: list[SuperWeight], down_proj: str | None = None) -> list[WeightRef]:
+    """Turn reported coordinates back into references on a loaded model (for interventions)."""
+    sites = down_projections(model, down_proj)
+    return [WeightRef(find_down_proj(sites, w.module), w.row, w.col) for w in weights]
+
+
+# --- spike statistics ---------------------------------------------------------------------------
+
+
+def robust_z(values: list[float], mad_floor: float) -> list[float]:
+    """Leave-one-out robust z-score of log-magnitudes: how far each layer sits above the others."""
+    logs = [math.log(max(v, 1e-30)) for v in values]
+    if len(logs) < 2:
+        return [0.0] * len(logs)
+    scores = []
+    for i, value in enumerate(logs):
+        others = logs[:i] + logs[i + 1 :]
+        med = statistics.median(others)
+        mad = statistics.median(abs(o - med) for o in others)
+        scores.append((value - med) / (1.4826 * max(mad, mad_floor)))
+    return scores
+
+
+def _ratio_to_others(values: list[float], i: int) -> float:
+    others = values[:i] + values[i + 1 :]
+    return values[i] / max(statistics.median(others), 1e-30) if others else 1.0
+
+
+def _spiking(values: list[float], cfg: DetectionConfig) -> tuple[list[float], list[bool]]:
+    z = robust_z(values, cfg.mad_floor)
+    return z, [z[i] >= cfg.z_threshold and _ratio_to_others(values, i) >= cfg.min_ratio for i in range(len(values))]
+
+
+# --- one measurement pass ----------------------------------------------------------------------
+
+
+@dataclass
+class _Peak:
+    value: float  # signed
+    prompt: int
+    site: int
+    token: int
+    channel: int
+
+
+@dataclass
+class _Pass:
+    """Activations of every site for every prompt, reduced to what the decisions need."""
+
+    acts: list[dict[int, SiteActivations]]  # per prompt: site index -> activations
+    layers: list[int]  # sorted distinct layer indices
+    in_peak: dict[int, _Peak]  # per layer
+    out_peak: dict[int, _Peak]
+
+    def maxima(self, which: str) -> list[float]:
+        peaks = self.in_peak if which == "in" else self.out_peak
+        return [abs(peaks[layer].value) for layer in self.layers]
+
+
+def _peak(t: torch.Tensor) -> tuple[float, int, int]:
+    flat = int(t.abs().argmax())
+    token, channel = divmod(flat, t.shape[1])
+    return float(t[token, channel]), token, channel
+
+
+def _measure(model: nn.Module, sites: list[DownProj], prompt_ids: list[torch.Tensor]) -> _Pass:
+    import torch
+
+    acts: list[dict[int, SiteActivations]] = []
+    with torch.no_grad():
+        for ids in prompt_ids:
+            with capture_down_proj(sites) as records:
+                model(ids)
+            acts.append(dict(records))
+    in_peak: dict[int, _Peak] = {}
+    out_peak: dict[int, _Peak] = {}
+    for p, records in enumerate(acts):
+        for s, rec in records.items():
+            layer = sites[s].layer
+            for peaks, tensor in ((in_peak, rec.x), (out_peak, rec.y)):
+                value, token, channel = _peak(tensor)
+                if layer not in peaks or abs(value) > abs(peaks[layer].value):
+                    peaks[layer] = _Peak(value, p, s, token, channel)
+    return _Pass(acts, sorted(out_peak), in_peak, out_peak)
+
+
+def _candidate(run: _Pass, layer: int, sites: list[DownProj], cfg: DetectionConfig) -> SuperWeight:
+    """The weight behind ``layer``'s output spike: the input channel contributing most to it."""
+    peak = run.out_peak[layer]
+    site = sites[peak.site]
+    rec = run.acts[peak.prompt][peak.site]
+    x = rec.x[peak.token]
+    contributions = (site.weight[peak.channel].float() * x).abs()
+    col = int(contributions.argmax())
+    column = rec.y[:, peak.channel].abs()
+    tokens = [int(t) for t in (column >= cfg.fire_fraction * column.max()).nonzero().flatten()]
+    return SuperWeight(
+        layer=layer,
+        module=site.label,
+        row=peak.channel,
+        col=col,
+        value=float(site.weight[peak.channel, col]),
+        input_activation=float(x[col]),
+        output_activation=peak.value,
+        tokens=tokens,
+        expert=site.expert,
+    )
+
+
+def _agreement(run: _Pass, sw: SuperWeight, sites: list[DownProj], cfg: DetectionConfig) -> float:
+    """Share of prompts that, on their own, spike at this layer with the same (row, col)."""
+    agree = 0
+    for p, records in enumerate(run.acts):
+        per_layer: dict[int, tuple[float, int, int, int]] = {}
+        for s, rec in records.items():
+            value, token, channel = _peak(rec.y)
+            layer = sites[s].layer
+            if layer not in per_layer or abs(value) > abs(per_layer[layer][0]):
+                per_layer[layer] = (value, s, token, channel)
+        layers = sorted(per_layer)
+        _, spikes = _spiking([abs(per_layer[layer][0]) for layer in layers], cfg)
+        value, s, token, channel = per_layer[sw.layer]
+        if spikes[layers.index(sw.layer)] and channel == sw.row:
+            col = int((sites[s].weight[channel].float() * records[s].x[token]).abs().argmax())
+            agree += col == sw.col
+    return agree / len(run.acts)
+
+
+def _probe_loss(model: nn.Module, ids: torch.Tensor) -> float:
+    import torch
+
+    with torch.no_grad():
+        return float(model(ids, labels=ids).loss)
+
+
+def _residual(model: nn.Module, ids: torch.Tensor, channel: int, tokens: list[int]) -> list[float]:
+    import torch
+
+    with torch.no_grad():
+        hidden = model(ids, output_hidden_states=True).hidden_states
+    # hidden[0] is the embedding output; hidden[i + 1] the output of layer i
+    return [float(h[0, tokens, channel].abs().max()) for h in hidden[1:]]
+
+
+def _encode(tokenizer: Any, text: str, device: torch.device) -> torch.Tensor:
+    if not text or not text.strip():
+        raise SuperweightError("empty prompt: give text with at least one token")
+    ids = tokenizer(text, return_tensors="pt").input_ids
+    if ids.shape[1] == 0:
+        raise SuperweightError(f"prompt {text!r} has no tokens")
+    return ids.to(device)
+
+
+def find_super_weights(
+    model: nn.Module,
+    tokenizer: Any,
+    prompts: list[str] | tuple[str, ...] | None = None,
+    config: DetectionConfig | None = None,
+    down_proj: str | None = None,
+    model_name: str | None = None,
+) -> ScanResult:
+    """Find the super weights of ``model`` and the super activations they produce.
+
+    Example:
+        >>> lm = load_model("smollm2-135m")
+        >>> result = find_super_weights(lm.model, lm.tokenizer)
+        >>> [(w.layer, w.row, w.col) for w in result.super_weights]
+    """
+    cfg = config or DetectionConfig()
+    prompts = list(prompts or DEFAULT_PROMPTS)
+    start = time.perf_counter()
+    sites = down_projections(model, down_proj)
+    device = next(model.parameters()).device
+    prompt_ids = [_encode(tokenizer, p, device) for p in prompts]
+    probe_ids = _encode(tokenizer, cfg.probe_text, device)
+
+    base = _measure(model, sites, prompt_ids)
+    layers = _layer_stats(base, cfg)
+    found: list[SuperWeight] = []
+    seen: set[tuple[str, int, int]] = set()
+    exhausted: set[int] = set()
+    iterations: list[dict[str, Any]] = []
+    run = base
+    with ExitStack() as stack:  # every zeroed weight is restored when this block ends
+        for iteration in range(cfg.max_iterations):
+            z_in, spike_in = _spiking(run.maxima("in"), cfg)
+            z_out, spike_out = _spiking(run.maxima("out"), cfg)
+            spiking = [
+                (z_out[i], layer)
+                for i, layer in enumerate(run.layers)
+                if spike_in[i] and spike_out[i] and layer not in exhausted
+            ]
+            if not spiking:
+                break
+            _, layer = max(spiking)
+            cand = _candidate(run, layer, sites, cfg)
+            before = abs(run.out_peak[layer].value)
+            if cand.coordinate in seen:
+                exhausted.add(layer)
+                continue
+            seen.add(cand.coordinate)
+            ref = WeightRef(find_down_proj(sites, cand.module), cand.row, cand.col)
+            cand.agreement = _agreement(run, cand, sites, cfg)
+            ctx = zeroed([ref])
+            ctx.__enter__()
+            after_run = _measure(model, sites, prompt_ids)
+            cand.spike_drop = 1 - abs(after_run.out_peak[layer].value) / max(before, 1e-30)
+            accepted = cand.spike_drop >= cfg.min_spike_drop
+            iterations.append(
+                {"iteration": iteration, "layer": layer, "row": cand.row, "col": cand.col,
+                 "spike_drop": cand.spike_drop, "accepted": accepted}
+            )  # fmt: skip
+            if accepted:
+                stack.push(lambda *exc, ctx=ctx: ctx.__exit__(*exc))
+                found.append(cand)
+                run = after_run
+            else:
+                ctx.__exit__(None, None, None)
+                exhausted.add(layer)
+
+    base_loss = _probe_loss(model, probe_ids)
+    for sw in found:
+        with zeroed(weight_refs_from_sites(sites, [sw])):
+            sw.loss_increase = _probe_loss(model, probe_ids) - base_loss
+        sw.confirmed = sw.loss_increase >= cfg.min_loss_increase
+    confirmed = [w for w in found if w.confirmed]
+    activations = _super_activations(model, base, prompt_ids[0], confirmed, sites, cfg)
+    detect_s = time.perf_counter() - start
+    log(f"detection: {len(confirmed)} confirmed super weight(s), {len(found) - len(confirmed)} unconfirmed, {detect_s:.1f} s")
+    return ScanResult(
+        model=model_name or str(getattr(model.config, "_name_or_path", "") or architecture_name(model)),
+        architecture=architecture_name(model),
+        num_parameters=sum(p.numel() for p in model.parameters()),
+        prompts=prompts,
+        super_weights=confirmed,
+        unconfirmed=[w for w in found if not w.confirmed],
+        super_activations=activations,
+        layers=layers,
+        timings={"detect_s": detect_s},
+        base_loss=base_loss,
+        config=cfg,
+        iterations=iterations,
+    )
+
+
+def weight_refs_from_sites(sites: list[DownProj], weights: list[SuperWeight]) -> list[WeightRef]:
+    return [WeightRef(find_down_proj(sites, w.module), w.row, w.col) for w in weights]
+
+
+def _layer_stats(run: _Pass, cfg: DetectionConfig) -> list[LayerStats]:
+    z_in, spike_in = _spiking(run.maxima("in"), cfg)
+    z_out, spike_out = _spiking(run.maxima("out"), cfg)
+    stats = []
+    for i, layer in enumerate(run.layers):
+        pin, pout = run.in_peak[layer], run.out_peak[layer]
+        stats.append(
+            LayerStats(
+                layer=layer,
+                max_input=abs(pin.value),
+                input_channel=pin.channel,
+                max_output=abs(pout.value),
+                output_channel=pout.channel,
+                token=pout.token,
+                input_z=z_in[i],
+                output_z=z_out[i],
+                spike=spike_in[i] and spike_out[i],
+            )
+        )
+    return stats
+
+
+def _super_activations(
+    model: nn.Module,
+    base: _Pass,
+    ids: torch.Tensor,
+    weights: list[SuperWeight],
+    sites: list[DownProj],
+    cfg: DetectionConfig,
+) -> list[SuperActivation]:
+    """The hidden-state spike each super weight creates, measured with every weight intact (prompt 0)."""
+    out: dict[tuple[int, int], SuperActivation] = {}
+    for sw in weights:
+        key = (sw.layer, sw.row)
+        if key in out:
+            continue
+        # the down-projection output at this channel, in the first prompt, model intact
+        column = max(
+            (base.acts[0][s].y[:, sw.row] for s, site in enumerate(sites) if site.layer == sw.layer),
+            key=lambda c: float(c.abs().max()),
+        )
+        peak = int(column.abs().argmax())
+        tokens = [int(t) for t in (column.abs() >= cfg.fire_fraction * column.abs().max()).nonzero().flatten()]
+        residual = _residual(model, ids, sw.row, tokens)
+        ref = residual[sw.layer] if sw.layer < len(residual) else 0.0
+        persists = sw.layer
+        for i in range(sw.layer, len(residual)):
+            if residual[i] < 0.5 * ref:
+                break
+            persists = i
+        out[key] = SuperActivation(sw.layer, sw.row, float(column[peak]), tokens, residual, persists)
+    return list(out.values())
