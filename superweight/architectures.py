@@ -28,6 +28,10 @@ class Adapter:
     layers: str  # dotted path from the model to the ModuleList of decoder layers
     down_proj: str | None  # dotted path from a layer to its dense down-projection (None: MoE only)
     experts: str | None = None  # dotted path from a layer to a fused experts module (param `down_proj`)
+    # Post-norm families (Gemma 2/3, OLMo 2) normalise the MLP output before adding it to the residual
+    # stream, with a learned gain: the massive activation appears only after that norm, so spikes are
+    # read there (the super weight is still the down-projection entry).
+    mlp_output: str | None = None
 
 
 _REGISTRY: dict[str, Adapter] = {}
@@ -49,15 +53,25 @@ for _adapter in (
             "Qwen3ForCausalLM",
             "Phi3ForCausalLM",
             "OlmoForCausalLM",
-            "Olmo2ForCausalLM",
             "GemmaForCausalLM",
-            "Gemma2ForCausalLM",
-            "Gemma3ForCausalLM",
         ),
         "model.layers",
         "mlp.down_proj",
     ),
-    Adapter("gemma3-multimodal", ("Gemma3ForConditionalGeneration",), "model.language_model.layers", "mlp.down_proj"),
+    Adapter(
+        "post-norm",
+        ("Gemma2ForCausalLM", "Gemma3ForCausalLM", "Olmo2ForCausalLM"),
+        "model.layers",
+        "mlp.down_proj",
+        mlp_output="post_feedforward_layernorm",
+    ),
+    Adapter(
+        "gemma3-multimodal",
+        ("Gemma3ForConditionalGeneration",),
+        "model.language_model.layers",
+        "mlp.down_proj",
+        mlp_output="post_feedforward_layernorm",
+    ),
     Adapter("gpt2", ("GPT2LMHeadModel",), "transformer.h", "mlp.c_proj"),
     Adapter("gpt-neox", ("GPTNeoXForCausalLM",), "gpt_neox.layers", "mlp.dense_4h_to_h"),
     Adapter("opt", ("OPTForCausalLM",), "model.decoder.layers", "fc2"),
@@ -87,6 +101,7 @@ class DownProj:
     name: str  # module path as in model.named_modules()
     module: nn.Module
     expert: int | None = None
+    output_module: nn.Module | None = None  # where the MLP's write to the residual is read (post-norm families)
 
     @property
     def param_name(self) -> str:
@@ -189,7 +204,8 @@ def down_projections(model: nn.Module, pattern: str | None = None) -> list[DownP
             for e in range(experts.down_proj.shape[0]):
                 sites.append(DownProj(i, name, experts, expert=e))
         if adapter.down_proj is not None:
-            sites.append(DownProj(i, f"{prefix}.{i}.{adapter.down_proj}", _get(layer, adapter.down_proj)))
+            output = _get(layer, adapter.mlp_output) if adapter.mlp_output else None
+            sites.append(DownProj(i, f"{prefix}.{i}.{adapter.down_proj}", _get(layer, adapter.down_proj), None, output))
     return sites
 
 

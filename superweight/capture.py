@@ -23,7 +23,7 @@ class SiteActivations:
     """One prompt's activations at one down-projection (batch of one)."""
 
     x: torch.Tensor  # (tokens, intermediate): the down-projection's input
-    y: torch.Tensor  # (tokens, hidden): its output (for an expert: before the router weight)
+    y: torch.Tensor  # (tokens, hidden): its output (expert: before the router weight; post-norm families: after the norm)
 
 
 @contextmanager
@@ -36,11 +36,22 @@ def hooks(handles: list) -> Iterator[None]:
             handle.remove()
 
 
+def _flat(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().reshape(-1, t.shape[-1]).float()
+
+
 def _dense_hook(records: dict[int, SiteActivations], index: int):
     def hook(module, inputs, output):
-        x = inputs[0].detach()
         y = output[0] if isinstance(output, tuple) else output
-        records[index] = SiteActivations(x.reshape(-1, x.shape[-1]).float(), y.detach().reshape(-1, y.shape[-1]).float())
+        # with a separate output module, y is provisional until that module's hook overwrites it
+        records[index] = SiteActivations(_flat(inputs[0]), _flat(y))
+
+    return hook
+
+
+def _output_hook(records: dict[int, SiteActivations], index: int):
+    def hook(module, inputs, output):
+        records[index].y = _flat(output[0] if isinstance(output, tuple) else output)
 
     return hook
 
@@ -78,6 +89,8 @@ def capture_down_proj(sites: list[DownProj]) -> Iterator[dict[int, SiteActivatio
     for i, site in enumerate(sites):
         if site.expert is None:
             handles.append(site.module.register_forward_hook(_dense_hook(records, i)))
+            if site.output_module is not None:
+                handles.append(site.output_module.register_forward_hook(_output_hook(records, i)))
         else:
             experts.setdefault(id(site.module), (site.module, {}))[1][site.expert] = i
     for module, expert_sites in experts.values():

