@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from readme_section import replace_section  # noqa: E402
+from readme_section import replace_section
 
-from superweight import find_super_weights, load_model  # noqa: E402
+from superweight import find_super_weights, load_model
 
 
 def main() -> None:

@@ -23,7 +23,9 @@ class SiteActivations:
     """One prompt's activations at one down-projection (batch of one)."""
 
     x: torch.Tensor  # (tokens, intermediate): the down-projection's input
-    y: torch.Tensor  # (tokens, hidden): its output (expert: before the router weight; post-norm families: after the norm)
+    y: (
+        torch.Tensor
+    )  # (tokens, hidden): its output (expert: before the router weight; post-norm families: after the norm)
 
 
 @contextmanager

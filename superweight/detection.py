@@ -60,7 +60,9 @@ class DetectionConfig:
 
     z_threshold: float = 3.5  # robust z of log|max activation| vs the other layers (Iglewicz-Hoaglin: 3.5)
     min_ratio: float = 5.0  # ...and at least this many times the other layers' median
-    mad_floor: float = 0.25  # floor on the MAD of log-magnitudes, so near-identical layers cannot make tiny noise a spike
+    mad_floor: float = (
+        0.25  # floor on the MAD of log-magnitudes, so near-identical layers cannot make tiny noise a spike
+    )
     max_iterations: int = 8  # cap on zero-and-rerun rounds
     min_spike_drop: float = 0.3  # zeroing a candidate must lower its layer's output spike by this fraction
     min_loss_increase: float = 0.25  # nats of probe loss zeroing must add to confirm (x1.28 perplexity)
@@ -299,7 +301,7 @@ def _candidate(run: _Pass, layer: int, sites: list[DownProj], cfg: DetectionConf
 def _agreement(run: _Pass, sw: SuperWeight, sites: list[DownProj], cfg: DetectionConfig) -> float:
     """Share of prompts that, on their own, spike at this layer with the same (row, col)."""
     agree = 0
-    for p, records in enumerate(run.acts):
+    for records in run.acts:
         per_layer: dict[int, tuple[float, int, int, int]] = {}
         for s, rec in records.items():
             value, token, channel = _peak(rec.y)
@@ -379,7 +381,7 @@ def find_super_weights(
     run = base
     with ExitStack() as stack:  # every zeroed weight is restored when this block ends
         for iteration in range(cfg.max_iterations):
-            z_in, spike_in = _spiking(run.maxima("in"), cfg)
+            _, spike_in = _spiking(run.maxima("in"), cfg)
             z_out, spike_out = _spiking(run.maxima("out"), cfg)
             spiking = [
                 (z_out[i], layer)
@@ -423,7 +425,10 @@ def find_super_weights(
     hidden = _hidden_states(model, prompt_ids[0])
     activations = _super_activations(hidden, base, confirmed, sites, cfg)
     detect_s = time.perf_counter() - start
-    log(f"detection: {len(confirmed)} confirmed super weight(s), {len(found) - len(confirmed)} unconfirmed, {detect_s:.1f} s")
+    log(
+        f"detection: {len(confirmed)} confirmed super weight(s), "
+        f"{len(found) - len(confirmed)} unconfirmed, {detect_s:.1f} s"
+    )
     return ScanResult(
         model=model_name or str(getattr(model.config, "_name_or_path", "") or architecture_name(model)),
         architecture=architecture_name(model),

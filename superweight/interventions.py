@@ -32,9 +32,7 @@ class WeightRef:
 
 
 @contextmanager
-def edited(
-    refs: Iterable[WeightRef], edit: Callable[[torch.Tensor], torch.Tensor]
-) -> Iterator[list[WeightRef]]:
+def edited(refs: Iterable[WeightRef], edit: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[list[WeightRef]]:
     """Replace each referenced weight ``w`` by ``edit(w)`` inside the block; restore on exit."""
     import torch
 
@@ -90,9 +88,7 @@ def restored_activation(
             f"cannot hook one expert of the fused {site.name}; restore a dense down-projection instead"
         )
     if not 0 <= channel < site.weight.shape[0]:
-        raise SuperweightError(
-            f"channel {channel} is out of range for {site.label} ({site.weight.shape[0]} outputs)"
-        )
+        raise SuperweightError(f"channel {channel} is out of range for {site.label} ({site.weight.shape[0]} outputs)")
     weight = site.weight.detach().clone()
     bias = getattr(site.module, "bias", None)
     bias = None if bias is None else bias.detach().clone()

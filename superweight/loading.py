@@ -164,7 +164,8 @@ def _load_gguf(path: Path, dtype: str, use_cache: bool) -> tuple[Any, Any, str |
     except Exception as exc:  # truncation surfaces as many kinds of error deep inside the reader
         first = str(exc).splitlines()[0] if str(exc) else ""
         raise ModelNotFoundError(
-            f"{path} is a corrupt or truncated GGUF file, or one transformers cannot read ({type(exc).__name__}: {first})"
+            f"{path} is a corrupt or truncated GGUF file, or one transformers cannot read "
+            f"({type(exc).__name__}: {first})"
         ) from None
     if not use_cache:
         return model, tokenizer, None

@@ -26,7 +26,9 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], title: s
     widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
 
     def line(values: Sequence[str]) -> str:
-        return "  ".join(v.rjust(w) if i else v.ljust(w) for i, (v, w) in enumerate(zip(values, widths))).rstrip()
+        return "  ".join(
+            v.rjust(w) if i else v.ljust(w) for i, (v, w) in enumerate(zip(values, widths, strict=True))
+        ).rstrip()
 
     out = [title] if title else []
     out += [line(headers), line(["-" * w for w in widths]), *(line(r) for r in cells)]

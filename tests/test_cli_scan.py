@@ -85,9 +85,7 @@ def test_unknown_architecture_exit_2(tmp_path):
     config = T.BloomConfig(vocab_size=256, hidden_size=64, n_layer=2, n_head=4)
     T.AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path)
     byte_tokenizer().save_pretrained(tmp_path)
-    assert_one_line_error(
-        cli("scan", str(tmp_path), "--prompt", "hi"), "unsupported architecture BloomForCausalLM"
-    )
+    assert_one_line_error(cli("scan", str(tmp_path), "--prompt", "hi"), "unsupported architecture BloomForCausalLM")
     ok = cli(
         "scan",
         str(tmp_path),

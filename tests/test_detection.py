@@ -37,9 +37,7 @@ def test_planted_super_weight_is_found_exactly(cls, tokenizer):
     assert sw.tokens == [0]  # the trigger sits at position 0 of the first prompt
     assert sw.agreement == 1.0
     assert sw.value == pytest.approx(2.0)
-    assert abs(sw.output_activation) > 10 * max(
-        s.max_output for s in result.layers if s.layer != planted.layer
-    )
+    assert abs(sw.output_activation) > 10 * max(s.max_output for s in result.layers if s.layer != planted.layer)
     act = result.super_activations[0]
     assert (act.layer, act.channel, act.tokens) == (planted.layer, planted.row, [0])
     assert act.persists_until >= planted.layer
@@ -68,9 +66,7 @@ def test_weights_restored_even_when_detection_fails(tokenizer):
     model = tiny_model("LlamaForCausalLM")
     plant(model, tokenizer, Plant(layer=2, row=17, col=33))
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    bad = DetectionConfig(
-        min_loss_increase=0.02, probe_text="   "
-    )  # an empty probe fails after zeroing began
+    bad = DetectionConfig(min_loss_increase=0.02, probe_text="   ")  # an empty probe fails after zeroing began
     with pytest.raises(Exception, match="empty prompt"):
         find_super_weights(model, tokenizer, PROMPTS, bad)
     assert_state_equal(model, state)

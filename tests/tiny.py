@@ -53,14 +53,15 @@ CONFIGS = {
                                             n_positions=128),
     "GPTNeoXForCausalLM": lambda: T.GPTNeoXConfig(**_base()),
     "OPTForCausalLM": lambda: T.OPTConfig(vocab_size=256, hidden_size=HIDDEN, ffn_dim=INTER, num_hidden_layers=LAYERS,
-                                          num_attention_heads=HEADS, word_embed_proj_dim=HIDDEN, max_position_embeddings=128,
-                                          pad_token_id=0),
+                                          num_attention_heads=HEADS, word_embed_proj_dim=HIDDEN,
+                                          max_position_embeddings=128, pad_token_id=0),
     "FalconForCausalLM": lambda: T.FalconConfig(vocab_size=256, hidden_size=HIDDEN, ffn_hidden_size=INTER,
                                                 num_hidden_layers=LAYERS, num_attention_heads=HEADS, pad_token_id=0),
     "GPTJForCausalLM": lambda: T.GPTJConfig(vocab_size=256, n_embd=HIDDEN, n_inner=INTER, n_layer=LAYERS, n_head=HEADS,
                                             rotary_dim=8, n_positions=128),
     "MixtralForCausalLM": lambda: T.MixtralConfig(**_base(num_local_experts=4, num_experts_per_tok=2)),
-    "Qwen2MoeForCausalLM": lambda: T.Qwen2MoeConfig(**_base(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=INTER,
+    "Qwen2MoeForCausalLM": lambda: T.Qwen2MoeConfig(**_base(num_experts=4, num_experts_per_tok=2,
+                                                            moe_intermediate_size=INTER,
                                                             shared_expert_intermediate_size=INTER)),
 }  # fmt: skip
 
@@ -117,7 +118,7 @@ def _stop_writes_to_direction_0(model: torch.nn.Module) -> None:
             p[:, 0, :] = 0.0
         elif p.dim() == 2 and ("c_" in name.rsplit(".", 2)[-2]) and p.shape[1] == hidden:  # GPT-2 Conv1D (in, out)
             p[:, 0] = 0.0
-        elif p.dim() == 2 and p.shape[0] == hidden or p.dim() == 1 and p.shape[0] == hidden and "bias" in name:
+        elif (p.dim() == 2 and p.shape[0] == hidden) or (p.dim() == 1 and p.shape[0] == hidden and "bias" in name):
             p[0] = 0.0
 
 

@@ -26,15 +26,9 @@ def register(sub: Any) -> None:
     add_model_args(p)
     add_output_args(p)
     d = p.add_argument_group("detection")
-    d.add_argument(
-        "--prompt", action="append", metavar="TEXT", help="a prompt to scan with (repeat for several)"
-    )
-    d.add_argument(
-        "--z-threshold", type=float, default=3.5, help="robust z-score a layer must reach (default 3.5)"
-    )
-    d.add_argument(
-        "--min-ratio", type=float, default=5.0, help="and this many times the other layers' median"
-    )
+    d.add_argument("--prompt", action="append", metavar="TEXT", help="a prompt to scan with (repeat for several)")
+    d.add_argument("--z-threshold", type=float, default=3.5, help="robust z-score a layer must reach (default 3.5)")
+    d.add_argument("--min-ratio", type=float, default=5.0, help="and this many times the other layers' median")
     d.add_argument("--max-iterations", type=int, default=8, help="cap on zero-and-rerun rounds (default 8)")
     d.add_argument(
         "--min-loss-increase", type=float, default=0.25, help="probe loss (nats) zeroing must add to confirm"
@@ -58,9 +52,7 @@ def run(args: argparse.Namespace) -> int:
         if not prompt.strip():
             raise SuperweightError("empty prompt: --prompt needs text with at least one token")
     lm = load_from_args(args)
-    result = find_super_weights(
-        lm.model, lm.tokenizer, args.prompt, config, args.down_proj, model_name=lm.spec
-    )
+    result = find_super_weights(lm.model, lm.tokenizer, args.prompt, config, args.down_proj, model_name=lm.spec)
     result.timings = {"load_s": lm.load_s, **result.timings}
     payload = result.to_dict()
     payload["source"] = {"path": lm.path, "kind": lm.source, "dequantized_from": lm.dequantized_from}
