@@ -73,8 +73,7 @@ def main() -> None:
         base = best(lambda mf=mf: raw_sha(mf.files), args.repeat)
         name = Path(spec).name[:34]
         print(
-            f"{name:<34} {size / 1e6:7.0f} {'hashlib sha256 over the raw files':<38} "
-            f"{size / base / 1e9:6.2f} {1:9.2f}"
+            f"{name:<34} {size / 1e6:7.0f} {'hashlib sha256 over the raw files':<38} {size / base / 1e9:6.2f} {1:9.2f}"
         )
         variants = [
             ("per-tensor sha256", dict(extras=False, file_hashes=False)),

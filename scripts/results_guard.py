@@ -97,9 +97,7 @@ def main() -> int:
         caught = ", ".join(k for k, v in r.caught.items() if v) or "**nothing**"
         changed = "yes" if r.continuation_changed else "no"
         restored = "yes" if r.restored else "NO"
-        lines.append(
-            f"| {r.attack} | {fmt(r.perplexity)} | {fmt(r.ratio)} | {changed} | {caught} | {restored} |"
-        )
+        lines.append(f"| {r.attack} | {fmt(r.perplexity)} | {fmt(r.ratio)} | {changed} | {caught} | {restored} |")
     flip = report.results[0]
     lines += [
         "",

@@ -54,9 +54,7 @@ class AttackSpec:
 
     @property
     def label(self) -> str:
-        what = {"bitflip": f"flip {self.bit} bit", "scale": f"scale x{self.alpha:g}"}.get(
-            self.kind, self.kind
-        )
+        what = {"bitflip": f"flip {self.bit} bit", "scale": f"scale x{self.alpha:g}"}.get(self.kind, self.kind)
         return f"{what} of {self.n} {self.target} weight{'s' if self.n > 1 else ''}"
 
 

@@ -61,9 +61,7 @@ class Canary:
             names = {f.name for f in fields(cls)} - {"tolerance"}
             return cls(**{k: v for k, v in data.items() if k in names}, tolerance=tol)
         except (TypeError, ValueError) as exc:
-            raise SuperweightError(
-                f"the manifest's canary is malformed ({exc}); re-create the manifest"
-            ) from None
+            raise SuperweightError(f"the manifest's canary is malformed ({exc}); re-create the manifest") from None
 
 
 @dataclass
@@ -119,9 +117,7 @@ def compare_canary(reference: Canary, current: Canary) -> CanaryCheck:
     tol = reference.tolerance
     reasons = []
     if reference.prompt != current.prompt or reference.channel != current.channel:
-        raise SuperweightError(
-            "the canaries were run on different prompts or channels; re-run with the manifest's"
-        )
+        raise SuperweightError("the canaries were run on different prompts or channels; re-run with the manifest's")
     ref_m, cur_m = reference.layer_magnitudes, current.layer_magnitudes
     if len(ref_m) != len(cur_m):
         reasons.append(f"the model has {len(cur_m)} layers, the manifest {len(ref_m)}")
@@ -151,6 +147,4 @@ def compare_canary(reference: Canary, current: Canary) -> CanaryCheck:
         reasons.append(f"only {overlap:.0%} of the top-{len(ref_top)} tokens are still there")
     if logit_change > tol.logit_abs:
         reasons.append(f"top-k logits moved by up to {logit_change:.3g} (tolerance {tol.logit_abs})")
-    return CanaryCheck(
-        not reasons, reasons, worst, logit_change, overlap, top1, reference.digest == current.digest
-    )
+    return CanaryCheck(not reasons, reasons, worst, logit_change, overlap, top1, reference.digest == current.digest)

@@ -158,17 +158,13 @@ def _tensor_diff(sa: TensorSpan, sb: TensorSpan, heads: int | None) -> TensorDif
         else:
             b = _unpermute(b, heads)
     if a.shape != b.shape:
-        raise SuperweightError(
-            f"{sa.name} is {list(a.shape)} in A but {list(b.shape)} in B: not the same architecture"
-        )
+        raise SuperweightError(f"{sa.name} is {list(a.shape)} in A but {list(b.shape)} in B: not the same architecture")
     d = (b - a).astype(np.float64)
     norm = float(np.linalg.norm(a.astype(np.float64)))
     dn = float(np.linalg.norm(d))
     rel = dn / norm if norm else (0.0 if dn == 0 else math.inf)
     max_change = float(np.nanmax(np.abs(d))) if d.size else 0.0
-    return TensorDiff(
-        sa.name, sb.name, list(a.shape), rel, max_change, int(np.count_nonzero(a != b)), a.size, False
-    )
+    return TensorDiff(sa.name, sb.name, list(a.shape), rel, max_change, int(np.count_nonzero(a != b)), a.size, False)
 
 
 def _fate(a: float, b: float) -> tuple[str, float]:
@@ -202,17 +198,13 @@ def diff_checkpoints(
     fa, fb = resolve_model_files(model_a), resolve_model_files(model_b)
     pairs, only_a, only_b = _pairs(fa, fb)
     if not pairs:
-        raise SuperweightError(
-            f"{model_a} and {model_b} share no tensor: not two checkpoints of one architecture"
-        )
+        raise SuperweightError(f"{model_a} and {model_b} share no tensor: not two checkpoints of one architecture")
     report = DiffReport(model_a, model_b, [fa.format, fb.format], [], only_a, only_b)
     for sa, sb, heads in track(pairs, "comparing tensors", total=len(pairs)):
         report.tensors.append(_tensor_diff(sa, sb, heads))
     report.tensors.sort(key=lambda t: (-t.rel_change if math.isfinite(t.rel_change) else -math.inf, t.name))
     if fa.format != fb.format:
-        report.notes.append(
-            "different formats: values compared as float32 after GGUF dequantization (Q/K un-permuted)"
-        )
+        report.notes.append("different formats: values compared as float32 after GGUF dequantization (Q/K un-permuted)")
     lm = None
     if super_weights is None:
         from superweight.loading import load_model
@@ -234,14 +226,10 @@ def diff_checkpoints(
     return report
 
 
-def _weight_fate(
-    e: dict[str, Any], fa: ModelFiles, by_a: dict[str, tuple[TensorSpan, TensorSpan]]
-) -> WeightFate:
+def _weight_fate(e: dict[str, Any], fa: ModelFiles, by_a: dict[str, tuple[TensorSpan, TensorSpan]]) -> WeightFate:
     name = e["param"]
     if fa.format == "gguf":
-        name = gguf_tensor_name(
-            name, fa.identity.get("architecture") or "", int(fa.identity.get("block_count") or 0)
-        )
+        name = gguf_tensor_name(name, fa.identity.get("architecture") or "", int(fa.identity.get("block_count") or 0))
     if name not in by_a:
         return WeightFate(e["layer"], e["row"], e["col"], e["value"], math.nan, "removed", 0.0)
     sa, sb = by_a[name]

@@ -408,6 +408,11 @@ def find_super_weights(
                 {"iteration": iteration, "layer": layer, "row": cand.row, "col": cand.col,
                  "spike_drop": cand.spike_drop, "accepted": accepted}
             )  # fmt: skip
+            log(
+                f"  round {iteration + 1}: layer {layer} [{cand.row}, {cand.col}] zeroed, spike "
+                f"{'down' if cand.spike_drop >= 0 else 'up'} {abs(cand.spike_drop):.0%}: "
+                f"{'kept' if accepted else 'rejected, stopping on this layer'}"
+            )
             if accepted:
                 stack.push(lambda *exc, ctx=ctx: ctx.__exit__(*exc))
                 found.append(cand)

@@ -202,9 +202,7 @@ def _hub_corpus(source: str, split: str) -> Corpus:
     return Corpus(text, source, split, _sha256(text.encode("utf-8")), f"hub:{source}/{split}")
 
 
-def load_text(
-    source: str = "wikitext2", data_dir: str | os.PathLike | None = None, split: str = "test"
-) -> Corpus:
+def load_text(source: str = "wikitext2", data_dir: str | os.PathLike | None = None, split: str = "test") -> Corpus:
     """The evaluation text: ``wikitext2``, ``c4``, or a local ``.txt``/``.raw``/``.jsonl[.gz]`` file.
 
     ``wikitext2`` reads ``DATA/wikitext2/wiki.{test,valid}.raw`` when a data folder is known

@@ -52,9 +52,7 @@ class Condition:
     name: str
     refs: list[WeightRef] = field(default_factory=list)
     alpha: float = 0.0
-    restores: list[tuple[DownProj, int, list[int] | None]] = field(
-        default_factory=list
-    )  # site, channel, tokens
+    restores: list[tuple[DownProj, int, list[int] | None]] = field(default_factory=list)  # site, channel, tokens
 
     @property
     def is_original(self) -> bool:
@@ -144,9 +142,7 @@ class _Stop(Exception):
     """Raised by a capture hook to end a pass once every needed hidden state is saved."""
 
 
-def _capture_hooks(
-    layers: nn.ModuleList, wanted: Sequence[int], saved: dict[int, Any], stop: bool
-) -> list[Any]:
+def _capture_hooks(layers: nn.ModuleList, wanted: Sequence[int], saved: dict[int, Any], stop: bool) -> list[Any]:
     last = max(wanted)
 
     def make(index: int) -> Any:
@@ -435,9 +431,7 @@ def measure(
     digest = model_digest(model) if settings.use_cache else ""
     base_key = {"weights": digest, "dtype": lm.dtype, "device": lm.device, "versions": versions()}
     probe_key = None if probe is None else [probe.site.label, probe.channel]
-    rows: dict[str, dict[str, Any]] = {
-        c.name: {"perplexity": {}, "accuracy": {}, "details": {}} for c in conditions
-    }
+    rows: dict[str, dict[str, Any]] = {c.name: {"perplexity": {}, "accuracy": {}, "details": {}} for c in conditions}
     data: dict[str, Any] = {}
     token_probs: dict[str, torch.Tensor] = {}
     hits: list[str] = []
@@ -565,9 +559,7 @@ def build_conditions(
 
     unknown = [n for n in names if n not in CONDITIONS]
     if unknown:
-        raise SuperweightError(
-            f"unknown condition(s) {', '.join(unknown)}; choose from {','.join(CONDITIONS)}"
-        )
+        raise SuperweightError(f"unknown condition(s) {', '.join(unknown)}; choose from {','.join(CONDITIONS)}")
     refs = weight_refs(model, scan.super_weights)
     probe = _sa_probe(model, scan)
     out = []
@@ -578,9 +570,7 @@ def build_conditions(
             out.append(Condition(name, refs))
         elif name == "no-sw+sa":
             if probe is None:
-                raise SuperweightError(
-                    "no super activation was found to restore; drop no-sw+sa from --conditions"
-                )
+                raise SuperweightError("no super activation was found to restore; drop no-sw+sa from --conditions")
             tokens = scan.super_activations[0].tokens or None
             out.append(Condition(name, refs, restores=[(probe.site, probe.channel, tokens)]))
         elif name == "top-k":
@@ -634,9 +624,7 @@ def continuations(
                         do_sample=False,
                         pad_token_id=lm.tokenizer.pad_token_id,
                     )
-                texts.append(
-                    lm.tokenizer.decode(gen[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
-                )
+                texts.append(lm.tokenizer.decode(gen[0, ids["input_ids"].shape[1] :], skip_special_tokens=True))
             out.append({"prompt": prompt, "original": texts[0], condition.name: texts[1]})
     return out
 
@@ -665,9 +653,7 @@ def run_ablation(
     from superweight.errors import SuperweightError
 
     if not scan.super_weights:
-        raise SuperweightError(
-            f"no super weight was found in {lm.spec}; nothing to ablate (see `superweight scan`)"
-        )
+        raise SuperweightError(f"no super weight was found in {lm.spec}; nothing to ablate (see `superweight scan`)")
     start = time.perf_counter()
     conditions = build_conditions(lm.model, scan, names, k=k, scope=scope, seed=seed)
     tracked = [n for n in ("original", "no-sw") if n in names] if shift else []
@@ -678,9 +664,7 @@ def run_ablation(
         "architecture": lm.architecture,
         "super_weights": [asdict(w) for w in scan.super_weights],
         "super_activations": [asdict(a) for a in scan.super_activations],
-        "conditions": [
-            {"name": c.name, "edited_weights": len(c.refs), **measured.rows[c.name]} for c in conditions
-        ],
+        "conditions": [{"name": c.name, "edited_weights": len(c.refs), **measured.rows[c.name]} for c in conditions],
         "recovery": _recovery(measured.rows, first),
         "recovery_metric": f"nll:{first}",
         "k": k,
@@ -706,9 +690,7 @@ def run_scaling(
     from superweight.errors import SuperweightError
 
     if not scan.super_weights:
-        raise SuperweightError(
-            f"no super weight was found in {lm.spec}; nothing to scale (see `superweight scan`)"
-        )
+        raise SuperweightError(f"no super weight was found in {lm.spec}; nothing to scale (see `superweight scan`)")
     if 1.0 not in [float(a) for a in alphas]:
         alphas = [*alphas, 1.0]  # the baseline every gain is measured against
     start = time.perf_counter()
@@ -727,9 +709,7 @@ def run_scaling(
             p["value"] = p["perplexity"][settings.sources[0]]
     best = better(points, key=lambda p: p["value"])
     base = next(p for p in points if p["alpha"] == 1.0)
-    gain = (
-        best["value"] - base["value"] if metric.startswith("accuracy") else base["value"] / best["value"] - 1
-    )
+    gain = best["value"] - base["value"] if metric.startswith("accuracy") else base["value"] / best["value"] - 1
     return {
         "model": lm.spec,
         "architecture": lm.architecture,

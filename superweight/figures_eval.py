@@ -23,6 +23,7 @@ from superweight.plot_base import (
     num,
     ppl_value,
     quant_results,
+    series_style,
 )
 
 if TYPE_CHECKING:
@@ -55,9 +56,7 @@ def _grouped_bars(ax: Axes, groups: list[str], series: dict[str, list[float]]) -
         ax.bar(offsets, finite, width, label=label, color=PALETTE[i % len(PALETTE)])
         for x, v in zip(offsets, values, strict=True):
             if not math.isfinite(v):  # a diverged run: say so where its bar would be
-                ax.annotate(
-                    "∞" if v > 0 else "n/a", (x, 0.02), xycoords=("data", "axes fraction"), ha="center"
-                )
+                ax.annotate("∞" if v > 0 else "n/a", (x, 0.02), xycoords=("data", "axes fraction"), ha="center")
     ax.set_xticks(range(len(groups)), groups)
 
 
@@ -96,11 +95,12 @@ def ablate_super_activation(payload: dict[str, Any]) -> Figure:
     fig = new_figure(6.0, 3.6)
     ax = fig.subplots()
     values = [abs(num(c["super_activation"])) for c in conds]
-    ax.bar(
+    bars = ax.bar(
         [str(c.get("name")) for c in conds],
         values,
         color=[PALETTE[i % len(PALETTE)] for i in range(len(conds))],
     )
+    ax.bar_label(bars, fmt="%.4g", fontsize=9)
     maybe_log(ax, values)
     ax.set_xlabel("condition")
     ax.set_ylabel("|super activation|")
@@ -172,9 +172,7 @@ def scale_curve(payload: dict[str, Any]) -> Figure:
             ax.set_ylabel("accuracy (higher is better)")
         ax.axvline(1.0, color="grey", linewidth=0.8, linestyle=":", label="alpha = 1 (original)")
         if best is not None:
-            line = ax.axvline(
-                num(best), color=MARK_COLOR, linestyle="--", label=f"best alpha = {num(best):g}"
-            )
+            line = ax.axvline(num(best), color=MARK_COLOR, linestyle="--", label=f"best alpha = {num(best):g}")
             line.set_gid("best-alpha")
         ax.set_xlabel("alpha (super weights scaled by)")
         ax.legend(loc="best")
@@ -200,7 +198,7 @@ def quantize_block_size(payload: dict[str, Any]) -> Figure:
     for i, (label, points) in enumerate(series.items()):
         xs = [blocks.index(b) for b in blocks if b in points]
         ys = [points[b] for b in blocks if b in points]
-        ax.plot(xs, ys, marker="o", color=PALETTE[i % len(PALETTE)], label=label)
+        ax.plot(xs, ys, label=label, **series_style(i))
     base = baseline_ppl(payload)
     if base is not None:
         ax.axhline(base, color="black", linewidth=0.9, linestyle=":", label=f"unquantized ({base:.2f})")
@@ -223,9 +221,9 @@ def quantize_pareto(payload: dict[str, Any]) -> Figure:
     methods = list(dict.fromkeys(str(r["method"]) for r in rows))
     for i, method in enumerate(methods):
         pts = [(num(r["bits_per_weight"]), ppl_value(r)) for r in rows if str(r["method"]) == method]
-        ax.scatter(
-            [p[0] for p in pts], [p[1] for p in pts], color=PALETTE[i % len(PALETTE)], label=method, zorder=3
-        )
+        style = series_style(i)
+        ax.scatter([p[0] for p in pts], [p[1] for p in pts], color=style["color"], marker=style["marker"],
+                   s=style["markersize"] ** 2, label=method, zorder=3)  # fmt: skip
     all_pts = [(num(r["bits_per_weight"]), ppl_value(r)) for r in rows]
     pts = sorted(p for p in all_pts if math.isfinite(p[0]) and math.isfinite(p[1]) and p[1] > 0)
     front, best = [], math.inf
@@ -261,9 +259,9 @@ def quantize_activation(payload: dict[str, Any]) -> Figure:
     values = [ppl_value(r) for r in rows]
     fig = new_figure(6.0, 3.6)
     ax = fig.subplots()
-    ax.bar(
-        names, [v if math.isfinite(v) else math.nan for v in values], color=PALETTE[: len(rows)] or PALETTE[0]
-    )
+    colors = [PALETTE[i % len(PALETTE)] for i in range(len(rows))]
+    bars = ax.bar(names, [v if math.isfinite(v) else math.nan for v in values], color=colors)
+    ax.bar_label(bars, fmt="%.4g", fontsize=9)
     base = baseline_ppl(payload)
     if base is not None:
         ax.axhline(base, color="black", linewidth=0.9, linestyle=":", label=f"unquantized ({base:.2f})")
@@ -289,6 +287,7 @@ def attack_damage(payload: dict[str, Any]) -> Figure:
     bars = ax.bar(range(len(rows)), values, color=[color[caught_label(r)] for r in rows])
     for bar, r in zip(bars, rows, strict=True):
         bar.set_gid(caught_label(r))
+    ax.bar_label(bars, fmt="%.3g", fontsize=8)
     maybe_log(ax, values, ratio=20)
     ax.axhline(1.0, color="black", linewidth=0.8, linestyle=":")
     ax.set_xticks(range(len(rows)), [attack_name(r) for r in rows], rotation=25, ha="right", fontsize=8)

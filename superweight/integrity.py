@@ -312,9 +312,7 @@ def iter_state(model: nn.Module) -> Iterator[tuple[str, Any]]:
         yield name, t
 
 
-def hash_memory(
-    model: nn.Module, *, algorithm: str = "sha256", names: set[str] | None = None
-) -> list[TensorRecord]:
+def hash_memory(model: nn.Module, *, algorithm: str = "sha256", names: set[str] | None = None) -> list[TensorRecord]:
     """Fingerprint a model in memory (the same records as for files, from its state dict)."""
     records = []
     for name, t in iter_state(model):

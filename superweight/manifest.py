@@ -216,17 +216,13 @@ def load_manifest(path: str | Path) -> dict[str, Any]:
         )
     try:
         for t in data["tensors"]:
-            if not (
-                isinstance(t["name"], str) and isinstance(t["sha256"], str) and isinstance(t["nbytes"], int)
-            ):
+            if not (isinstance(t["name"], str) and isinstance(t["sha256"], str) and isinstance(t["nbytes"], int)):
                 raise TypeError("bad field types")
             [int(d) for d in t["shape"]]
         for sw in data["super_weights"]:
             int(sw["layer"]), int(sw["row"]), int(sw["col"]), str(sw["module"])
     except (KeyError, TypeError, ValueError) as exc:
-        raise ManifestError(
-            f"{path} has malformed entries ({type(exc).__name__}: {exc}); re-create it"
-        ) from None
+        raise ManifestError(f"{path} has malformed entries ({type(exc).__name__}: {exc}); re-create it") from None
     if data["hash"] not in hashlib.algorithms_available:
         raise ManifestError(f"{path} uses hash {data['hash']!r}, which this Python does not have")
     return data
@@ -254,12 +250,8 @@ def generate_keypair(private_path: str | Path) -> tuple[Path, Path]:
     if private_path.exists():
         raise ManifestError(f"{private_path} exists; refusing to overwrite a key (remove it first)")
     key = Ed25519PrivateKey.generate()
-    pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    pub = key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    pub = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
 
     def write_private(tmp: Path) -> None:
         os.chmod(tmp, 0o600)  # before the secret is in it
@@ -283,11 +275,7 @@ def _load_key(path: str | Path, private: bool) -> Any:
         raise SignatureError(f"cannot read the {kind} key {path}: {exc.strerror}") from None
     try:
         if len(data) == 32:  # raw key bytes
-            return (
-                Ed25519PrivateKey.from_private_bytes(data)
-                if private
-                else Ed25519PublicKey.from_public_bytes(data)
-            )
+            return Ed25519PrivateKey.from_private_bytes(data) if private else Ed25519PublicKey.from_public_bytes(data)
         key = (serialization.load_pem_private_key(data, password=None) if private
                else serialization.load_pem_public_key(data))  # fmt: skip
     except (ValueError, TypeError) as exc:
@@ -325,24 +313,18 @@ def check_signature(manifest: dict[str, Any], pubkey_path: str | Path | None) ->
     if pubkey_path is None:
         return "not checked (no --pubkey)" if sig else "unsigned"
     if not sig:
-        raise SignatureError(
-            "the manifest is not signed, but --pubkey asks for a signature; sign it with --sign KEY"
-        )
+        raise SignatureError("the manifest is not signed, but --pubkey asks for a signature; sign it with --sign KEY")
     key = _load_key(pubkey_path, private=False)
     try:
         if sig.get("algorithm") != "ed25519":
-            raise SignatureError(
-                f"unsupported signature algorithm {sig.get('algorithm')!r} (expected ed25519)"
-            )
+            raise SignatureError(f"unsupported signature algorithm {sig.get('algorithm')!r} (expected ed25519)")
         if bytes.fromhex(sig["public_key"]) != _raw_public(key):
             raise SignatureError(f"the manifest was signed by key {sig.get('key_id')}, not by {pubkey_path}")
         key.verify(bytes.fromhex(sig["value"]), _canonical(manifest))
     except (KeyError, ValueError, TypeError):
         raise SignatureError("the manifest's signature block is malformed; re-sign it") from None
     except InvalidSignature:
-        raise SignatureError(
-            "BAD SIGNATURE: the manifest was changed after it was signed; do not trust it"
-        ) from None
+        raise SignatureError("BAD SIGNATURE: the manifest was changed after it was signed; do not trust it") from None
     return "valid"
 
 
@@ -390,9 +372,7 @@ def fingerprint(
             from superweight.detection import find_super_weights
 
             with step("finding super weights"):
-                scan_result = find_super_weights(
-                    lm.model, lm.tokenizer, down_proj=down_proj, model_name=lm.spec
-                )
+                scan_result = find_super_weights(lm.model, lm.tokenizer, down_proj=down_proj, model_name=lm.spec)
         if scan_result is not None:
             entries = super_weight_entries(lm, scan_result.super_weights, mf, down_proj)
         if canary:
@@ -405,9 +385,7 @@ def fingerprint(
     )  # fmt: skip
 
 
-def fingerprint_memory(
-    lm: LoadedModel, scan: ScanResult | None = None, canary: bool = True
-) -> dict[str, Any]:
+def fingerprint_memory(lm: LoadedModel, scan: ScanResult | None = None, canary: bool = True) -> dict[str, Any]:
     """Fingerprint a model as it is in memory (for checks on edits that never reach a file)."""
     from superweight.integrity import hash_memory
 

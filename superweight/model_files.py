@@ -93,11 +93,7 @@ def resolve_model_files(spec: str | None) -> ModelFiles:
             ggufs = sorted(path.glob("*.gguf"))
             if len(ggufs) == 1:
                 return _gguf_files(spec, ggufs[0])
-            hint = (
-                " (only pickled .bin weights: convert them to safetensors first)"
-                if any(path.glob("*.bin"))
-                else ""
-            )
+            hint = " (only pickled .bin weights: convert them to safetensors first)" if any(path.glob("*.bin")) else ""
             raise ModelNotFoundError(f"{path} holds no .safetensors or single .gguf file{hint}")
         return _safetensors_files(spec, path, files)
     if path.exists():
@@ -117,9 +113,7 @@ def read_safetensors_header(path: Path) -> tuple[int, dict[str, Any]]:
             raise CorruptModelError(f"{path} is truncated ({size} bytes): not a safetensors file")
         (n,) = struct.unpack("<Q", head)
         if n > min(size - 8, 100 << 20):
-            raise CorruptModelError(
-                f"{path} is truncated or not safetensors (header length {n} > file size {size})"
-            )
+            raise CorruptModelError(f"{path} is truncated or not safetensors (header length {n} > file size {size})")
         try:
             header = json.loads(fh.read(n))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -149,9 +143,7 @@ def _safetensors_files(spec: str, root: Path, files: list[Path]) -> ModelFiles:
             if itemsize is None:
                 raise CorruptModelError(f"{path}: tensor {name!r} has unknown dtype {dtype!r}")
             if e - b != math.prod(shape) * itemsize or b < 0:
-                raise CorruptModelError(
-                    f"{path}: tensor {name!r} has {e - b} bytes for shape {list(shape)} {dtype}"
-                )
+                raise CorruptModelError(f"{path}: tensor {name!r} has {e - b} bytes for shape {list(shape)} {dtype}")
             if start + e > size:
                 raise CorruptModelError(
                     f"{path} is truncated: tensor {name!r} ends at byte {start + e}, the file has {size}"

@@ -19,6 +19,21 @@ if TYPE_CHECKING:
 
 # Okabe-Ito: distinguishable for colour-blind readers and in greyscale print.
 PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000")
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+LINESTYLES = ("-", "--", "-.", ":")
+
+
+def series_style(i: int) -> dict[str, Any]:
+    """Colour, marker and line style of series ``i``: earlier series get bigger markers, so series
+    that coincide (naive and sw often do) stay visible one inside the other."""
+    return {
+        "color": PALETTE[i % len(PALETTE)],
+        "marker": MARKERS[i % len(MARKERS)],
+        "markersize": max(4.0, 9.0 - 1.5 * i),
+        "linestyle": LINESTYLES[i % len(LINESTYLES)],
+    }
+
+
 MARK_COLOR = "#D55E00"
 MARK_GID = "marked-layer"  # gid of every vertical line that marks a super weight's layer
 CANDIDATE_GID = "candidate-layer"  # gid of the lines marking unconfirmed candidates
@@ -33,6 +48,7 @@ STYLE = {
     "axes.spines.top": False,
     "axes.spines.right": False,
     "axes.grid": True,
+    "axes.axisbelow": True,
     "grid.alpha": 0.3,
     "legend.frameon": False,
     "legend.fontsize": 9,
@@ -102,9 +118,7 @@ def super_weight_layers(payload: dict[str, Any]) -> list[int]:
 def candidate_layers(payload: dict[str, Any]) -> list[int]:
     """Layers of unconfirmed candidates only (a spike whose weight did not cost loss when zeroed)."""
     sws = [sw for sw in payload.get("super_weights") or [] if sw.get("confirmed") is False]
-    return sorted(
-        {int(sw["layer"]) for sw in sws if sw.get("layer") is not None} - set(super_weight_layers(payload))
-    )
+    return sorted({int(sw["layer"]) for sw in sws if sw.get("layer") is not None} - set(super_weight_layers(payload)))
 
 
 def mark_candidates(ax: Axes, layers: list[int]) -> None:
@@ -220,9 +234,7 @@ def attack_rows(payload: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def attack_name(row: dict[str, Any]) -> str:
-    return str(
-        row.get("attack") or row.get("name") or f"{row.get('kind')} {row.get('target')} n={row.get('n')}"
-    )
+    return str(row.get("attack") or row.get("name") or f"{row.get('kind')} {row.get('target')} n={row.get('n')}")
 
 
 def damage(row: dict[str, Any]) -> tuple[float, str]:

@@ -92,9 +92,7 @@ def _flipped(old: bytes, new: bytes) -> list[int]:
 
 
 def _status(entry: dict[str, Any], new_bits: bytes, new_value: float, dtype: str) -> SuperWeightStatus:
-    old_bits = bytes.fromhex(
-        entry["bits"] if "bits" in entry and dtype == entry.get("dtype") else entry["memory_bits"]
-    )
+    old_bits = bytes.fromhex(entry["bits"] if "bits" in entry and dtype == entry.get("dtype") else entry["memory_bits"])
     flips = _flipped(old_bits, new_bits)
     return SuperWeightStatus(
         entry["layer"], entry["module"], entry["row"], entry["col"],
@@ -121,9 +119,7 @@ def check_super_weight_bytes(manifest: dict[str, Any], files: dict[str, Path]) -
             raise ManifestError("this manifest has no file offsets for its super weights (made from memory)")
         path = files.get(e["file"])
         if path is None:
-            raise ManifestError(
-                f"the model has no file {e['file']!r}, which the manifest's super weights are in"
-            )
+            raise ManifestError(f"the model has no file {e['file']!r}, which the manifest's super weights are in")
         with path.open("rb") as fh:
             fh.seek(e["row_offset"])
             row = fh.read(e["row_nbytes"])
@@ -194,9 +190,7 @@ def compare_records(manifest: dict[str, Any], records: list[TensorRecord], spans
             continue
         if o["sha256"] == n.sha256:
             continue
-        change = TensorChange(
-            name, "changed", o["sha256"], n.sha256, super_weights=sw_by_tensor.get(name, [])
-        )
+        change = TensorChange(name, "changed", o["sha256"], n.sha256, super_weights=sw_by_tensor.get(name, []))
         flip = locate_flip(o, n)
         if flip is not None and spans is not None and name in spans:
             if hash_span(spans[name], manifest["hash"], flip) == o["sha256"]:  # never report a guess
@@ -287,9 +281,7 @@ def verify_model(
                 start = time.perf_counter()
                 for e in manifest["super_weights"]:
                     if e.get("tensor") not in spans:
-                        raise ManifestError(
-                            f"{mf.spec} has no tensor {e.get('tensor')!r} holding a super weight"
-                        )
+                        raise ManifestError(f"{mf.spec} has no tensor {e.get('tensor')!r} holding a super weight")
                     statuses.append(_element_status(e, read_element(spans[e["tensor"]], tuple(e["index"]))))
                 timings["fast_s"] = time.perf_counter() - start
                 checks["fast"] = "FAIL" if any(s.status != "same" for s in statuses) else "pass"
@@ -307,9 +299,7 @@ def verify_model(
                 old_files = {f["name"]: f["sha256"] for f in manifest.get("files", [])}
                 new_files = {f.name: f.sha256 for f in file_records}
                 if not changed and old_files and old_files != new_files:
-                    notes.append(
-                        "every tensor matches but the files differ: re-sharded or re-written, same weights"
-                    )
+                    notes.append("every tensor matches but the files differ: re-sharded or re-written, same weights")
             if nonfinite:
                 notes.append(f"{len(nonfinite)} tensors hold NaN/Inf values")
     canary_result = None
@@ -321,9 +311,7 @@ def verify_model(
             if not statuses:
                 statuses = mem_statuses
         if dtype != manifest["model"].get("memory", {}).get("dtype", dtype):
-            notes.append(
-                f"loaded as {dtype}: super weights compared within rounding, behaviour by the canary"
-            )
+            notes.append(f"loaded as {dtype}: super weights compared within rounding, behaviour by the canary")
     ok = all(v == "pass" or v.startswith("skipped") for v in checks.values())
     return VerifyReport(spec_name, manifest_path, ok, checks, tensors_checked, changed, statuses, nonfinite,
                         canary_result, signature, notes, timings)  # fmt: skip
@@ -335,9 +323,7 @@ def _run_canary_check(spec: str | None, manifest: dict[str, Any], dtype: str, de
     from superweight.loading import load_model
 
     if not manifest.get("canary"):
-        raise ManifestError(
-            "the manifest has no canary (made with --no-canary); re-create it to check by behaviour"
-        )
+        raise ManifestError("the manifest has no canary (made with --no-canary); re-create it to check by behaviour")
     reference = Canary.from_dict(manifest["canary"])
     lm = load_model(spec, dtype=dtype, device=device)
     current = run_canary(lm.model, lm.tokenizer, reference.channel, prompt=reference.prompt,

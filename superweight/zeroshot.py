@@ -86,18 +86,14 @@ def _jsonl(path: Path) -> list[dict[str, Any]]:
 def _labels(path: Path, count: int) -> list[str]:
     labels = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     if len(labels) != count:
-        raise DataError(
-            f"{path} has {len(labels)} labels for {count} examples; the files do not belong together"
-        )
+        raise DataError(f"{path} has {len(labels)} labels for {count} examples; the files do not belong together")
     return labels
 
 
 def _need(row: dict[str, Any], keys: tuple[str, ...], where: str) -> None:
     missing = [k for k in keys if k not in row]
     if missing:
-        raise DataError(
-            f"{where} lacks field(s) {', '.join(missing)}: not the expected format (see its SOURCE.md)"
-        )
+        raise DataError(f"{where} lacks field(s) {', '.join(missing)}: not the expected format (see its SOURCE.md)")
 
 
 def _arc(path: Path) -> list[dict[str, Any]]:
@@ -126,9 +122,7 @@ def _hellaswag(path: Path) -> list[dict[str, Any]]:
     if lines and lines[-1] == "":
         lines.pop()
     if len(lines) % 6:
-        raise DataError(
-            f"{path} has {len(lines)} lines, not a multiple of 6: not llama.cpp's HellaSwag text form"
-        )
+        raise DataError(f"{path} has {len(lines)} lines, not a multiple of 6: not llama.cpp's HellaSwag text form")
     docs = []
     for i in range(0, len(lines), 6):
         head, label, *endings = lines[i : i + 6]
@@ -208,9 +202,7 @@ def load_local(task: str, data_dir: str, split: str, **_metadata: Any) -> Any:
 
 
 def _online() -> bool:
-    if any(
-        os.environ.get(v, "0") not in ("0", "", "false") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
-    ):
+    if any(os.environ.get(v, "0") not in ("0", "", "false") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")):
         return False
     try:
         socket.create_connection(("huggingface.co", 443), timeout=2).close()
@@ -247,9 +239,7 @@ def _write_yaml(folder: Path, task: str, data_dir: Path) -> str:
     return name
 
 
-def plan_tasks(
-    tasks: list[str], data_dir: str | os.PathLike | None
-) -> tuple[dict[str, Any], dict[str, TaskResult]]:
+def plan_tasks(tasks: list[str], data_dir: str | os.PathLike | None) -> tuple[dict[str, Any], dict[str, TaskResult]]:
     """Which tasks run from local files, which from the hub, and which are skipped (with why)."""
     from superweight.evaluation import resolve_data_dir
 

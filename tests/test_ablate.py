@@ -27,17 +27,13 @@ from superweight.interventions import WeightRef, random_k_refs, top_k_refs
 
 def conditions_for(model) -> tuple[list[Condition], Probe]:
     sites = down_projections(model)
-    site = (
-        next(s for s in sites if s.layer == 2 and s.expert is None) if sites[0].expert is None else sites[-1]
-    )
+    site = next(s for s in sites if s.layer == 2 and s.expert is None) if sites[0].expert is None else sites[-1]
     refs = [WeightRef(site, 3, 5), WeightRef(site, 7, 1)]
     late = [WeightRef(sites[-1], 1, 1)]
     return [
         Condition("original"),
         Condition("no-sw", refs),
-        Condition("no-sw+sa", refs, restores=[(site, 3, [0])])
-        if site.expert is None
-        else Condition("x2", refs, 2.0),
+        Condition("no-sw+sa", refs, restores=[(site, 3, [0])]) if site.expert is None else Condition("x2", refs, 2.0),
         Condition("top-k", top_k_refs(model, 20, refs)),
         Condition("random-k", random_k_refs(model, 20, refs)),
         Condition("alpha=3", refs, alpha=3.0),
@@ -55,9 +51,7 @@ def test_reuse_equals_full_passes(cls):
     fast = measure_conditions(model, ids, conditions, probe=probe, reuse=True)
     for c in conditions:
         assert fast[c.name].nll == pytest.approx(full[c.name].nll, rel=1e-6, abs=1e-7), c.name
-        assert fast[c.name].super_activation == pytest.approx(
-            full[c.name].super_activation, rel=1e-5, abs=1e-6
-        )
+        assert fast[c.name].super_activation == pytest.approx(full[c.name].super_activation, rel=1e-5, abs=1e-6)
     reused = sum(s.reused_passes for s in fast.values())
     if supports_reuse(model):
         assert reused == 2 * 4  # no-sw, no-sw+sa, alpha=3, late start at layer >= 2, on both windows
@@ -101,10 +95,7 @@ def test_ablation_on_smollm2_shows_collapse_recovery_and_controls(
     assert abs(sa["no-sw"]) < 0.5 * abs(sa["original"])  # Figure 4: the super activation collapses too
     assert sa["no-sw+sa"] == pytest.approx(sa["original"], rel=1e-3)
     assert rows["top-k"]["edited_weights"] == 7000 and rows["no-sw"]["edited_weights"] == 1
-    assert (
-        payload["token_shift"]
-        and payload["token_shift"][0]["p_edited"] > payload["token_shift"][0]["p_original"]
-    )
+    assert payload["token_shift"] and payload["token_shift"][0]["p_edited"] > payload["token_shift"][0]["p_original"]
     assert payload["continuations"][0]["prompt"] == "Summer is hot. Winter is"
     prov = payload["provenance"]
     assert prov["data"]["wikitext2"]["sha256"].startswith("173c87a5") and prov["versions"]["torch"]
@@ -170,14 +161,13 @@ def planted_folder(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 def test_cli_ablate_and_scale_on_a_planted_model(planted_folder, tmp_path):
     text = tmp_path / "text.txt"
     text.write_text("# the cat sat on the mat. " * 40)
     scan = str(planted_folder.parent / "scan.json")
     common = ["--scan", scan, "--data", str(text), "--seq-len", "32", "--max-tokens", "96", "--no-cache"]
-    proc = cli(
-        "ablate", str(planted_folder), *common, "--json", "-q", "-k", "10", "--out", str(tmp_path / "run")
-    )
+    proc = cli("ablate", str(planted_folder), *common, "--json", "-q", "-k", "10", "--out", str(tmp_path / "run"))
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
     assert set(data) >= {"model", "super_weights", "conditions", "recovery", "provenance"}

@@ -26,6 +26,7 @@ from superweight.figures_eval import (
     ablate_super_activation,
     ablate_token_shift,
     attack_damage,
+    quantize_activation,
     quantize_block_size,
     quantize_pareto,
     scale_curve,
@@ -57,14 +58,10 @@ def test_scan_maxima_marks_the_detected_layer(scan_payload, smollm2_scan):
     for ax, key in ((top, "max_input"), (bottom, "max_output")):
         (line,) = _data_lines(ax)
         ys = np.asarray(line.get_ydata())
-        assert np.allclose(
-            ys, [abs(s.max_input if key == "max_input" else s.max_output) for s in smollm2_scan.layers]
-        )
+        assert np.allclose(ys, [abs(s.max_input if key == "max_input" else s.max_output) for s in smollm2_scan.layers])
         # the mark sits on the spike: the detected layer is where the drawn maximum is
         assert int(np.asarray(line.get_xdata())[ys.argmax()]) == layer
-    candidates = {sw.layer for sw in smollm2_scan.unconfirmed} - {
-        sw.layer for sw in smollm2_scan.super_weights
-    }
+    candidates = {sw.layer for sw in smollm2_scan.unconfirmed} - {sw.layer for sw in smollm2_scan.super_weights}
     drawn = {line.get_xdata()[0] for line in top.get_lines() if line.get_gid() == CANDIDATE_GID}
     assert drawn == candidates
 
@@ -95,9 +92,7 @@ def test_row_heatmap_shows_the_model_row_and_circles_the_super_weight(scan_paylo
     index = next(i for i, label in enumerate(labels) if f"layer {sw.layer} row {sw.row}" in label)
     assert np.allclose(image[index], np.maximum(np.abs(row), image.min()), rtol=1e-4)
     circles = [
-        (line.get_xdata()[0], line.get_ydata()[0])
-        for line in ax.get_lines()
-        if line.get_gid() == "marked-column"
+        (line.get_xdata()[0], line.get_ydata()[0]) for line in ax.get_lines() if line.get_gid() == "marked-column"
     ]
     assert (sw.col, index) in circles
     assert ax.get_xlabel() == "column (intermediate channel)"
@@ -120,9 +115,7 @@ def test_rendered_files_carry_the_figure(scan_payload):
     svg = render(fig, "svg").decode()
     assert "max |input|" in svg and "super weight (layer" in svg  # text stays text (svg.fonttype none)
     # deterministic: the same payload gives the same file (ids are salted, the date is left out)
-    assert render(scan_max_activations(scan_payload), "svg") == render(
-        scan_max_activations(scan_payload), "svg"
-    )
+    assert render(scan_max_activations(scan_payload), "svg") == render(scan_max_activations(scan_payload), "svg")
 
 
 ABLATE = {
@@ -183,6 +176,10 @@ QUANT = {
             ("sparse:0.005", "channel", 49.2, 4.2), ("sparse:0.005", "tensor", 69.8, 4.18),
             ("naive", "512", 50.0, 4.06),
         ]
+    ] + [
+        {"method": f"w8a8:{m}", "bits": 8, "block": "tensor", "perplexity": {"wikitext2": p}, "bits_per_weight": 8.0,
+         "activation": {}}
+        for m, p in (("naive", 31.1), ("sa", 30.6), ("smoothquant", 34.1))
     ],
 }  # fmt: skip
 
@@ -201,14 +198,25 @@ def test_quantize_pareto_front_is_the_non_dominated_points():
     fig = quantize_pareto(QUANT)
     ax = fig.axes[0]
     (front,) = [line for line in ax.get_lines() if line.get_gid() == "pareto-front"]
-    points = [(r["bits_per_weight"], r["perplexity"]["wikitext2"]) for r in QUANT["results"]]
+    weight_only = [r for r in QUANT["results"] if not r["method"].startswith("w8a8")]
+    points = [(r["bits_per_weight"], r["perplexity"]["wikitext2"]) for r in weight_only]
     expected = sorted(
-        (x, y)
-        for x, y in points
-        if not any((x2 <= x and y2 < y) or (x2 < x and y2 <= y) for x2, y2 in points)
+        (x, y) for x, y in points if not any((x2 <= x and y2 < y) or (x2 < x and y2 <= y) for x2, y2 in points)
     )
     assert list(zip(front.get_xdata(), front.get_ydata(), strict=True)) == expected
     assert ax.get_xlabel().startswith("bits per weight")
+    assert sorted(t.get_text() for t in ax.get_legend().get_texts())[:3] == ["Pareto front", "naive", "sparse:0.005"]
+
+
+def test_w8a8_rows_get_their_own_figure():
+    fig = quantize_activation(QUANT)
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["naive", "sa", "smoothquant"]
+    assert [p.get_height() for p in ax.patches] == [31.1, 30.6, 34.1]
+    (base,) = [line for line in ax.get_lines() if "unquantized" in line.get_label()]
+    assert base.get_ydata()[0] == 24.3
+    with pytest.raises(MissingData, match="W8A8"):
+        quantize_activation({"results": [r for r in QUANT["results"] if r["bits"] == 4]})
 
 
 def test_attack_bars_are_coloured_by_the_checks_that_caught_them():

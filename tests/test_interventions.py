@@ -82,9 +82,7 @@ def test_restored_activation_puts_back_the_super_activation_only(planted):
     ref = sw_ref(model)
     site = ref.site
     base_y, base_logits = down_out(model, ids, site)
-    assert abs(float(base_y[0, ROW])) > 10 * float(
-        base_y[1:, ROW].abs().max()
-    )  # the planted super activation
+    assert abs(float(base_y[0, ROW])) > 10 * float(base_y[1:, ROW].abs().max())  # the planted super activation
 
     with zeroed([ref]):
         zero_y, zero_logits = down_out(model, ids, site)

@@ -171,11 +171,7 @@ def test_sentences_are_computed_from_the_numbers():
     assert "from 20 to 3e+03 (150 times)" in text
     assert "brings it to 50" in text and "recovers 99% of the damage" in text
     assert "0.600 originally, 0.500 without" in text
-    scale = {
-        "alphas": [
-            {"alpha": a, "perplexity": {"wikitext2": p}} for a, p in ((0.5, 30.0), (1, 20.0), (2, 18.0))
-        ]
-    }
+    scale = {"alphas": [{"alpha": a, "perplexity": {"wikitext2": p}} for a, p in ((0.5, 30.0), (1, 20.0), (2, 18.0))]}
     assert "is at alpha = 2, against 20 at alpha = 1 (10.0% lower)" in " ".join(summary("scale", scale))
     quant = {
         "baseline": {"perplexity": {"wikitext2": 24.3}},
@@ -218,3 +214,28 @@ def test_malformed_payloads_still_give_a_report(tmp_path, command):
     report = build_report(tmp_path, command, payload)
     html = report.html_path.read_text()
     assert "superweight " + command in html and report.figure_files == []
+
+
+def test_every_command_explains_itself_with_an_example():
+    """Polish: `superweight CMD --help` ends with runnable examples of CMD, and --version works."""
+    from superweight.cli.main import COMMANDS, build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    assert set(sub.choices) == set(COMMANDS)
+    for name, command in sub.choices.items():
+        text = command.format_help()
+        assert "examples:" in text, name
+        assert f"superweight {name}" in text.split("examples:", 1)[1], name
+        assert command.description, name
+    with pytest.raises(SystemExit) as exc:
+        parser.parse_args(["--version"])
+    assert exc.value.code == 0
+
+
+def test_usage_errors_are_one_line(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["report"])  # RUN_DIR missing
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "error:" in err[0] and "--help" in err[0]

@@ -21,9 +21,7 @@ EXAMPLES = """examples:
 def add_eval_args(parser: argparse.ArgumentParser) -> None:
     """Options every evaluating command shares."""
     g = parser.add_argument_group("evaluation")
-    g.add_argument(
-        "--data-dir", metavar="DIR", default=None, help="local data sets (default: $SUPERWEIGHT_DATA)"
-    )
+    g.add_argument("--data-dir", metavar="DIR", default=None, help="local data sets (default: $SUPERWEIGHT_DATA)")
     g.add_argument(
         "--data",
         metavar="SOURCES",
@@ -31,9 +29,7 @@ def add_eval_args(parser: argparse.ArgumentParser) -> None:
         help="perplexity sources, comma-separated: wikitext2, c4, or a text file (default: wikitext2)",
     )
     g.add_argument("--split", default="test", choices=("test", "validation"))
-    g.add_argument(
-        "--seq-len", type=int, default=2048, help="window length (default 2048, capped at the context)"
-    )
+    g.add_argument("--seq-len", type=int, default=2048, help="window length (default 2048, capped at the context)")
     g.add_argument("--max-tokens", type=int, default=None, metavar="N", help="use only the first N tokens")
     g.add_argument(
         "--tasks",
@@ -43,13 +39,9 @@ def add_eval_args(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--limit", type=int, default=None, metavar="N", help="first N examples of each task")
     g.add_argument("--batch-size", type=int, default=8, help="zero-shot batch size (default 8)")
-    g.add_argument(
-        "--scan", type=Path, default=None, metavar="FILE", help="a saved `superweight scan --json` result"
-    )
+    g.add_argument("--scan", type=Path, default=None, metavar="FILE", help="a saved `superweight scan --json` result")
     g.add_argument("--no-cache", action="store_true", help="recompute the original model's baseline")
-    g.add_argument(
-        "--no-reuse", action="store_true", help="full passes for every condition (no hidden-state reuse)"
-    )
+    g.add_argument("--no-reuse", action="store_true", help="full passes for every condition (no hidden-state reuse)")
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
@@ -70,6 +62,17 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     ):
         if value is not None and value < 1:
             raise SuperweightError(f"{name} must be a positive number (got {value})")
+    # fail on bad input now, not after minutes of loading and evaluating
+    from superweight.evaluation import SOURCES, resolve_data_dir
+    from superweight.zeroshot import ALL_TASKS
+
+    resolve_data_dir(args.data_dir)
+    for source in sources:
+        if source not in SOURCES and not Path(source).expanduser().is_file():
+            raise SuperweightError(f"unknown data source {source!r}: not {' or '.join(SOURCES)}, and no such file")
+    unknown = [t for t in tasks if t not in ALL_TASKS]
+    if unknown:
+        raise SuperweightError(f"unknown task(s) {', '.join(unknown)}; choose from {', '.join(ALL_TASKS)}")
     return Settings(
         sources=sources,
         tasks=tuple(tasks),
@@ -129,22 +132,21 @@ def register(sub: Any) -> None:
         default="original,no-sw,no-sw+sa,top-k,random-k",
         help="comma-separated, from original, no-sw, no-sw+sa, top-k, random-k (default: all)",
     )
-    a.add_argument(
-        "-k", "--k", type=int, default=7000, help="weights zeroed by the top-k / random-k controls"
-    )
-    a.add_argument(
-        "--scope", default="down_proj", choices=("down_proj", "all"), help="where controls pick weights"
-    )
+    a.add_argument("-k", "--k", type=int, default=7000, help="weights zeroed by the top-k / random-k controls")
+    a.add_argument("--scope", default="down_proj", choices=("down_proj", "all"), help="where controls pick weights")
     a.add_argument("--seed", type=int, default=0, help="seed of the random-k control")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from superweight.errors import SuperweightError
-    from superweight.experiments import run_ablation
+    from superweight.experiments import CONDITIONS, run_ablation
 
     settings = settings_from_args(args)
     names = [n.strip() for n in args.conditions.split(",") if n.strip()]
+    unknown = [n for n in names if n not in CONDITIONS]
+    if unknown or not names:
+        raise SuperweightError(f"unknown condition(s) {', '.join(unknown)}; choose from {','.join(CONDITIONS)}")
     if args.k < 1:
         raise SuperweightError(f"-k must be at least 1 (got {args.k})")
     lm = load_from_args(args)
@@ -168,17 +170,11 @@ def render(payload: dict[str, Any]) -> str:
     ]  # fmt: skip
     sws = ", ".join(f"{w['module']}[{w['row']}, {w['col']}]" for w in payload["super_weights"])
     out = f"{payload['model']}: super weight(s) {sws}\n"
-    out += format_table(
-        headers, rows, title=f"ablation (top-k / random-k: k={payload['k']}, {payload['scope']})"
-    )
+    out += format_table(headers, rows, title=f"ablation (top-k / random-k: k={payload['k']}, {payload['scope']})")
     if payload.get("recovery") is not None:
-        out += (
-            f"\nrestoring the super activation recovers {payload['recovery']:.1%} of the loss zeroing added\n"
-        )
+        out += f"\nrestoring the super activation recovers {payload['recovery']:.1%} of the loss zeroing added\n"
     if payload.get("token_shift"):
-        shift = [
-            [repr(t["text"]), t["p_original"], t["p_edited"], t["ratio"]] for t in payload["token_shift"][:10]
-        ]
+        shift = [[repr(t["text"]), t["p_original"], t["p_edited"], t["ratio"]] for t in payload["token_shift"][:10]]
         out += "\n" + format_table(
             ["token", "p original", "p no-sw", "ratio"],
             shift,
@@ -187,7 +183,5 @@ def render(payload: dict[str, Any]) -> str:
     for c in payload.get("continuations", []):
         out += f"\n{c['prompt']!r}\n  original: {c['original']!r}\n  no-sw:    {c['no-sw']!r}\n"
     hits = payload["provenance"]["baseline_cache_hits"]
-    out += f"\n{payload['provenance']['seconds']:.0f} s" + (
-        f"; baseline from cache: {', '.join(hits)}" if hits else ""
-    )
+    out += f"\n{payload['provenance']['seconds']:.0f} s" + (f"; baseline from cache: {', '.join(hits)}" if hits else "")
     return out + "\n"

@@ -32,17 +32,11 @@ def register(sub: Any) -> None:
     p.add_argument("--kind", choices=KINDS, help="what to do to each weight")
     p.add_argument("--target", choices=TARGETS, default="sw", help="which weights (default sw)")
     p.add_argument("--n", type=int, default=1, help="how many weights (default 1)")
-    p.add_argument(
-        "--bit", choices=BITS, default="exponent", help="for bitflip: which bit (default exponent MSB)"
-    )
+    p.add_argument("--bit", choices=BITS, default="exponent", help="for bitflip: which bit (default exponent MSB)")
     p.add_argument("--alpha", type=float, default=100.0, help="for scale: the factor (default 100)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--contrast", action="store_true", help="run the standard set: super weight vs random flips"
-    )
-    p.add_argument(
-        "--max-tokens", type=int, default=2048, help="WikiText-2 tokens for perplexity (default 2048)"
-    )
+    p.add_argument("--contrast", action="store_true", help="run the standard set: super weight vs random flips")
+    p.add_argument("--max-tokens", type=int, default=2048, help="WikiText-2 tokens for perplexity (default 2048)")
     p.add_argument("--seq-len", type=int, default=512)
     p.add_argument("--data-dir", default=None, help="folder with wikitext2/ (default $SUPERWEIGHT_DATA)")
     p.set_defaults(func=run)
@@ -55,15 +49,11 @@ def run(args: argparse.Namespace) -> int:
     if args.contrast:
         attacks = contrast_attacks(args.seed)
     elif args.kind is None:
-        raise SuperweightError(
-            "say what to do: --kind zero|sign|bitflip|scale (or --contrast for the standard set)"
-        )
+        raise SuperweightError("say what to do: --kind zero|sign|bitflip|scale (or --contrast for the standard set)")
     else:
         attacks = [AttackSpec(args.kind, args.target, args.n, args.bit, args.alpha, args.seed)]
     lm = load_from_args(args)
-    report = simulate_attacks(
-        lm, attacks, max_tokens=args.max_tokens, seq_len=args.seq_len, data_dir=args.data_dir
-    )
+    report = simulate_attacks(lm, attacks, max_tokens=args.max_tokens, seq_len=args.seq_len, data_dir=args.data_dir)
     emit(args, "attack", report.to_dict(), render)
     return 0
 
@@ -78,6 +68,4 @@ def render(r: dict[str, Any]) -> str:
         caught = [k for k, v in a["caught"].items() if v]
         rows.append([a["attack"], a["perplexity"], a["ratio"], "yes" if a["continuation_changed"] else "no",
                      ", ".join(caught) or "NOTHING", "yes" if a["restored"] else "NO"])  # fmt: skip
-    return head + format_table(
-        ["attack", "perplexity", "x clean", "output changed", "caught by", "restored"], rows
-    )
+    return head + format_table(["attack", "perplexity", "x clean", "output changed", "caught by", "restored"], rows)

@@ -30,9 +30,7 @@ def register(sub: Any) -> None:
     add_output_args(p)
     p.add_argument("--manifest", type=Path, metavar="FILE", help="A's manifest: its super weights (no scan)")
     p.add_argument("--activations", action="store_true", help="load both models to compare super activations")
-    p.add_argument(
-        "--top", type=int, default=20, help="tensors to show in the table (default 20; JSON has all)"
-    )
+    p.add_argument("--top", type=int, default=20, help="tensors to show in the table (default 20; JSON has all)")
     p.set_defaults(func=run)
 
 
@@ -44,9 +42,7 @@ def run(args: argparse.Namespace) -> int:
         from superweight.manifest import load_manifest
 
         super_weights = load_manifest(args.manifest)["super_weights"]
-    report = diff_checkpoints(
-        args.model_a, args.model_b, super_weights=super_weights, activations=args.activations
-    )
+    report = diff_checkpoints(args.model_a, args.model_b, super_weights=super_weights, activations=args.activations)
     payload = report.to_dict()
     payload["top"] = args.top
     emit(args, "diff", payload, render)
@@ -60,9 +56,7 @@ def render(r: dict[str, Any]) -> str:
     text = f"{r['model_a']} ({r['formats'][0]}) vs {r['model_b']} ({r['formats'][1]}): "
     text += f"{len(changed)} of {len(r['tensors'])} shared tensors differ"
     text += f"; only in A: {len(r['only_a'])}, only in B: {len(r['only_b'])}\n"
-    rows = [
-        [t["name"], t["rel_change"], t["max_change"], t["changed"], t["numel"]] for t in changed[: r["top"]]
-    ]
+    rows = [[t["name"], t["rel_change"], t["max_change"], t["changed"], t["numel"]] for t in changed[: r["top"]]]
     if rows:
         text += format_table(
             ["tensor", "rel change", "max change", "changed", "entries"], rows, title="largest changes"
@@ -70,9 +64,7 @@ def render(r: dict[str, Any]) -> str:
     if r["super_weights"]:
         rows = [[w["layer"], w["row"], w["col"], w["value_a"], w["value_b"], w["ratio"], w["fate"],
                  w["moved_to"] or "-"] for w in r["super_weights"]]  # fmt: skip
-        text += format_table(
-            ["layer", "row", "col", "A", "B", "B/A", "fate", "moved to"], rows, title="super weights"
-        )
+        text += format_table(["layer", "row", "col", "A", "B", "B/A", "fate", "moved to"], rows, title="super weights")
     if r["super_activations"]:
         rows = [[a["layer"], a["channel"], a["magnitude_a"], a["magnitude_b"], a["ratio"], a["fate"]]
                 for a in r["super_activations"]]  # fmt: skip

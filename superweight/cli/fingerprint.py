@@ -30,13 +30,9 @@ def register(sub: Any) -> None:
     add_output_args(p)
     p.add_argument("-o", "--output", type=Path, metavar="FILE", help="where to write the manifest (JSON)")
     p.add_argument("--sign", type=Path, metavar="KEY", help="sign with this Ed25519 private key (PEM or raw)")
-    p.add_argument(
-        "--keygen", type=Path, metavar="KEY", help="write a new key pair KEY and KEY.pub, then exit"
-    )
+    p.add_argument("--keygen", type=Path, metavar="KEY", help="write a new key pair KEY and KEY.pub, then exit")
     p.add_argument("--no-scan", action="store_true", help="hashes only: no model load, no super weights")
-    p.add_argument(
-        "--scan-json", type=Path, metavar="FILE", help="take the super weights from a saved scan result"
-    )
+    p.add_argument("--scan-json", type=Path, metavar="FILE", help="take the super weights from a saved scan result")
     p.add_argument("--no-canary", action="store_true", help="skip the behavioural canary")
     p.add_argument("--hash", default="sha256", metavar="ALGO", help="hashlib algorithm (default sha256)")
     p.set_defaults(func=run)
@@ -109,9 +105,7 @@ def render(p: dict[str, Any]) -> str:
     if p["super_weights"]:
         rows = [[e["layer"], e["row"], e["col"], e["value"], e.get("tensor", e["param"]), e.get("dtype"),
                  e.get("bits", e["memory_bits"])] for e in p["super_weights"]]  # fmt: skip
-        out += format_table(
-            ["layer", "row", "col", "value", "tensor", "dtype", "bits"], rows, title="super weights"
-        )
+        out += format_table(["layer", "row", "col", "value", "tensor", "dtype", "bits"], rows, title="super weights")
     if p["canary"]:
         c = p["canary"]
         layers = len(c["layer_magnitudes"])

@@ -28,9 +28,7 @@ def register(sub: Any) -> None:
     add_output_args(p)
     add_eval_args(p)
     p.add_argument("--alphas", default="0,0.2,0.5,1,1.5,2,3", help="comma-separated scale factors")
-    p.add_argument(
-        "--plot", type=Path, default=None, metavar="PNG", help="where to draw the curve (default: --out)"
-    )
+    p.add_argument("--plot", type=Path, default=None, metavar="PNG", help="where to draw the curve (default: --out)")
     p.set_defaults(func=run)
 
 
@@ -40,9 +38,7 @@ def parse_alphas(text: str) -> list[float]:
     try:
         alphas = [float(a) for a in text.split(",") if a.strip()]
     except ValueError:
-        raise SuperweightError(
-            f"--alphas {text!r} is not a list of numbers; e.g. --alphas 0,0.5,1,2"
-        ) from None
+        raise SuperweightError(f"--alphas {text!r} is not a list of numbers; e.g. --alphas 0,0.5,1,2") from None
     if not alphas or any(a != a or abs(a) == float("inf") for a in alphas):
         raise SuperweightError(f"--alphas {text!r} has no finite numbers; e.g. --alphas 0,0.5,1,2")
     return sorted(set(alphas))

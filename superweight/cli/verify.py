@@ -58,9 +58,7 @@ def render(r: dict[str, Any]) -> str:
     from superweight.tables import format_table
 
     out = [f"{r['model']} against {r['manifest']}: {'OK' if r['ok'] else 'CHANGED'}"]
-    out.append(
-        "checks: " + ", ".join(f"{k} {v}" for k, v in r["checks"].items()) + f"; signature {r['signature']}"
-    )
+    out.append("checks: " + ", ".join(f"{k} {v}" for k, v in r["checks"].items()) + f"; signature {r['signature']}")
     text = "\n".join(out) + "\n"
     if r["changed"]:
         rows = []
@@ -68,9 +66,7 @@ def render(r: dict[str, Any]) -> str:
             loc = c["location"]
             where = "-"
             if loc:
-                where = (
-                    f"{loc.get('index', loc.get('row'))} bit {loc['bit']} {loc.get('meaning', '')}".strip()
-                )
+                where = f"{loc.get('index', loc.get('row'))} bit {loc['bit']} {loc.get('meaning', '')}".strip()
             rows.append([c["name"], c["change"], where, "; ".join(c["super_weights"]) or "-"])
         text += format_table(["tensor", "change", "where", "super weights"], rows, title="changed tensors")
         if len(r["changed"]) > 50:

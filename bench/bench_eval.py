@@ -1,0 +1,86 @@
+"""Evaluation throughput, measured against baselines in the same run.
+
+Row 1: tokens/s of `perplexity_on_ids` against a bare `model(input_ids)` loop over the same windows
+(target: ratio >= 0.95). Row 2: wall time of a 5-condition ablation with hidden-state reuse against
+5 independent full evaluations of the same conditions (the reuse should make it clearly cheaper).
+
+    python bench/bench_eval.py --data-dir ../shared/data --seq-len 512 --windows 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--seq-len", type=int, default=512)
+    parser.add_argument("--windows", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=2, help="best of N for row 1")
+    args = parser.parse_args()
+
+    import torch
+
+    from superweight import find_super_weights, load_model
+    from superweight.evaluation import load_text, perplexity_on_ids, tokenize_corpus
+    from superweight.experiments import _sa_probe, build_conditions, measure_conditions
+    from superweight.progress import set_quiet
+    from superweight.tables import format_table
+
+    set_quiet(True)
+    lm = load_model(args.model)
+    corpus = load_text("wikitext2", args.data_dir)
+    windows = tokenize_corpus(
+        lm.tokenizer, corpus, seq_len=args.seq_len, max_tokens=args.seq_len * args.windows, model=lm.model
+    )
+    ids = windows.ids
+
+    def bare() -> None:
+        with torch.no_grad():
+            for window in ids:
+                lm.model(window[None])
+
+    def ours() -> None:
+        perplexity_on_ids(lm.model, windows)
+
+    def best(fn) -> float:
+        times = []
+        for _ in range(args.repeats):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    bare()  # warm-up
+    t_bare, t_ours = best(bare), best(ours)
+    tokens = windows.tokens
+
+    scan = find_super_weights(lm.model, lm.tokenizer, model_name=lm.spec)
+    conditions = build_conditions(lm.model, scan)
+    probe = _sa_probe(lm.model, scan)
+    start = time.perf_counter()
+    reused = measure_conditions(lm.model, windows, conditions, probe=probe, reuse=True)
+    t_reuse = time.perf_counter() - start
+    start = time.perf_counter()
+    full = {}
+    for c in conditions:  # each condition on its own, as five separate evaluations would
+        full.update(measure_conditions(lm.model, windows, [c], probe=probe, reuse=False))
+    t_full = time.perf_counter() - start
+    worst = max(abs(reused[n].nll - full[n].nll) for n in full)
+
+    rows = [
+        ["perplexity path vs bare model(input_ids)", f"{tokens / t_ours:.0f} tok/s", f"{tokens / t_bare:.0f} tok/s",
+         f"{t_bare / t_ours:.3f}"],
+        [f"{len(conditions)}-condition ablation vs {len(conditions)} full evaluations", f"{t_reuse:.1f} s",
+         f"{t_full:.1f} s", f"{t_full / t_reuse:.2f}x faster"],
+    ]  # fmt: skip
+    print(f"{lm.spec}, {windows.windows} windows x {windows.seq_len} tokens, {torch.get_num_threads()} threads")
+    print(format_table(["measurement", "ours", "baseline", "ratio"], rows))
+    print(f"largest |nll difference| reuse vs full passes: {worst:.2e}")
+
+
+if __name__ == "__main__":
+    main()
