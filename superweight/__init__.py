@@ -62,6 +62,11 @@ _EXPORTS = {
     "compare_canary": "superweight.canary",
     "diff_checkpoints": "superweight.checkpoint_diff",
     "simulate_attacks": "superweight.attacks",
+    "write_run": "superweight.runs",
+    "build_report": "superweight.reporting",
+    "read_run": "superweight.reporting",
+    "draw_all": "superweight.figures",
+    "super_weight_rows": "superweight.figures",
 }
 
 __all__ = ["__version__", *_EXPORTS]

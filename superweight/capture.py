@@ -7,13 +7,14 @@ observes, the model's forward pass is untouched.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import torch
+    from torch import nn
 
     from superweight.architectures import DownProj
 
@@ -80,6 +81,24 @@ def _experts_hook(records: dict[int, SiteActivations], sites: dict[int, int]):
                 records[index] = SiteActivations(x, y)
 
     return hook
+
+
+@contextmanager
+def capture_layer_outputs(layers: Iterable[nn.Module]) -> Iterator[dict[int, torch.Tensor]]:
+    """``outs[i]``: the residual stream after decoder layer i, (tokens, hidden), batch of one.
+
+    Read by hooks rather than ``output_hidden_states``, whose last entry has the final norm applied.
+    """
+    outs: dict[int, torch.Tensor] = {}
+
+    def make(i: int):
+        def hook(module, inputs, output):
+            outs[i] = _flat(output[0] if isinstance(output, tuple) else output)
+
+        return hook
+
+    with hooks([layer.register_forward_hook(make(i)) for i, layer in enumerate(layers)]):
+        yield outs
 
 
 @contextmanager

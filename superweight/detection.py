@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 from superweight.architectures import DownProj, architecture_name, down_projections, find_down_proj
-from superweight.capture import SiteActivations, capture_down_proj
+from superweight.capture import SiteActivations, capture_down_proj, capture_layer_outputs
 from superweight.errors import SuperweightError
 from superweight.interventions import WeightRef, zeroed
 from superweight.progress import log
@@ -324,18 +324,27 @@ def _probe_loss(model: nn.Module, ids: torch.Tensor) -> float:
         return float(model(ids, labels=ids).loss)
 
 
-def _hidden_states(model: nn.Module, ids: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """hidden[0] is the embedding output; hidden[i + 1] the output of layer i."""
+def _layer_outputs(model: nn.Module, ids: torch.Tensor) -> list[torch.Tensor]:
+    """The residual stream after each decoder layer, (tokens, hidden) each."""
     import torch
 
+    from superweight.architectures import decoder_layers
+    from superweight.errors import UnsupportedArchitectureError
+
     with torch.no_grad():
-        return model(ids, output_hidden_states=True).hidden_states
+        try:
+            layers = decoder_layers(model)
+        except UnsupportedArchitectureError:  # a --down-proj model: HF's hidden states (last one normed)
+            return [h[0].float() for h in model(ids, output_hidden_states=True).hidden_states[1:]]
+        with capture_layer_outputs(layers) as outs:
+            model(ids)
+    return [outs[i] for i in range(len(layers))]
 
 
-def _residual_stream(hidden: tuple[torch.Tensor, ...]) -> list[dict[str, Any]]:
+def _residual_stream(hidden: list[torch.Tensor]) -> list[dict[str, Any]]:
     out = []
-    for i, h in enumerate(hidden[1:]):
-        value, token, channel = _peak(h[0].float())
+    for i, h in enumerate(hidden):
+        value, token, channel = _peak(h)
         out.append({"layer": i, "max": abs(value), "channel": channel, "token": token})
     return out
 
@@ -427,7 +436,7 @@ def find_super_weights(
             sw.loss_increase = _probe_loss(model, probe_ids) - base_loss
         sw.confirmed = sw.loss_increase >= cfg.min_loss_increase
     confirmed = [w for w in found if w.confirmed]
-    hidden = _hidden_states(model, prompt_ids[0])
+    hidden = _layer_outputs(model, prompt_ids[0])
     activations = _super_activations(hidden, base, confirmed, sites, cfg)
     detect_s = time.perf_counter() - start
     log(
@@ -478,7 +487,7 @@ def _layer_stats(run: _Pass, cfg: DetectionConfig) -> list[LayerStats]:
 
 
 def _super_activations(
-    hidden: tuple[torch.Tensor, ...],
+    hidden: list[torch.Tensor],
     base: _Pass,
     weights: list[SuperWeight],
     sites: list[DownProj],
@@ -497,7 +506,7 @@ def _super_activations(
         )
         peak = int(column.abs().argmax())
         tokens = [int(t) for t in (column.abs() >= cfg.fire_fraction * column.abs().max()).nonzero().flatten()]
-        residual = [float(h[0, tokens, sw.row].abs().max()) for h in hidden[1:]]
+        residual = [float(h[tokens, sw.row].abs().max()) for h in hidden]
         ref = residual[sw.layer] if sw.layer < len(residual) else 0.0
         persists = sw.layer
         for i in range(sw.layer, len(residual)):

@@ -182,8 +182,26 @@ def _local_file(path: Path, source: str, split: str) -> Corpus:
     return Corpus(text, source, split, _sha256(data), str(path))
 
 
+def hub_reachable() -> bool:
+    """False when told to stay offline, or when huggingface.co cannot be reached within 2 s."""
+    import socket
+
+    if any(os.environ.get(v, "0") not in ("0", "", "false") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")):
+        return False
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=2).close()
+        return True
+    except OSError:
+        return False
+
+
 def _hub_corpus(source: str, split: str) -> Corpus:
     """The hub copy (needs the network or a warm `datasets` cache)."""
+    if not hub_reachable():
+        raise DataError(
+            f"no local copy of {source} and the hub is not reachable (offline); "
+            "pass --data-dir DIR (or set SUPERWEIGHT_DATA) or a text file"
+        )
     try:
         from datasets import load_dataset
 

@@ -66,17 +66,13 @@ def _scan_summary(p: dict[str, Any]) -> list[str]:
             out.append(f"Zeroing it alone raises the mean token loss by {_g(top.get('loss_increase'))} nats.")
         others = [sw for sw in sws if sw is not top]
         if others:
-            out.append(
-                "The others: " + "; ".join(f"{_sw_where(sw)} = {_g(sw.get('value'))}" for sw in others) + "."
-            )
+            out.append("The others: " + "; ".join(f"{_sw_where(sw)} = {_g(sw.get('value'))}" for sw in others) + ".")
     else:
         out.append(
             f"No super weight was confirmed in {model}: no single down-projection weight turned out to hold "
             "the model's largest activation."
         )
-    unconfirmed = p.get("unconfirmed") or [
-        sw for sw in p.get("super_weights") or [] if sw.get("confirmed") is False
-    ]
+    unconfirmed = p.get("unconfirmed") or [sw for sw in p.get("super_weights") or [] if sw.get("confirmed") is False]
     if unconfirmed:
         out.append(
             f"{len(unconfirmed)} further candidate(s) had a large activation but zeroing them did not hurt, "
@@ -128,8 +124,7 @@ def _scan_captions(p: dict[str, Any]) -> dict[str, str]:
                 text += f"; after layer {until + 1} it is {_g(res[until + 1])}"
         caps["scan_residual"] = text + "."
     caps["scan_row_heatmap"] = (
-        "|weight| along each super weight's row (log colour scale); circles mark the found weights. "
-        + _row_sentence(p)
+        "|weight| along each super weight's row (log colour scale); circles mark the found weights. " + _row_sentence(p)
     )
     return caps
 
@@ -173,13 +168,10 @@ def _ablate_summary(p: dict[str, Any]) -> list[str]:
     if orig and nosw and _ppl_of(orig) and _ppl_of(nosw):
         src, a = _ppl_of(orig)
         _, b = _ppl_of(nosw)
-        out.append(
-            f"Zeroing the super weights raises {src} perplexity from {_g(a)} to {_g(b)} ({_g(b / a)} times)."
-        )
+        out.append(f"Zeroing the super weights raises {src} perplexity from {_g(a)} to {_g(b)} ({_g(b / a)} times).")
         if nosa and _ppl_of(nosa):
             out.append(
-                "Restoring the super activation while the weights stay zeroed brings it to "
-                f"{_g(_ppl_of(nosa)[1])}."
+                f"Restoring the super activation while the weights stay zeroed brings it to {_g(_ppl_of(nosa)[1])}."
             )
     if p.get("recovery") is not None:
         out.append(f"Restoring the super activation recovers {float(p['recovery']):.0%} of the damage.")
@@ -214,17 +206,12 @@ def _scale_summary(p: dict[str, Any]) -> list[str]:
             f"{float(p['best_alpha']):g}, against {_g(p['baseline_value'], 4)} at alpha = 1: "
             f"gain {shown}{meaning}."
         ]
-    scored = [
-        (float(pt["alpha"]), _ppl_of(pt)) for pt in points if pt.get("alpha") is not None and _ppl_of(pt)
-    ]
+    scored = [(float(pt["alpha"]), _ppl_of(pt)) for pt in points if pt.get("alpha") is not None and _ppl_of(pt)]
     if not scored:
         return [f"{len(points)} alphas were measured."]
     best = min(scored, key=lambda s: s[1][1])
     one = next((s for s in scored if s[0] == 1.0), None)
-    text = (
-        f"Over {len(scored)} alphas the lowest {best[1][0]} perplexity, {_g(best[1][1])}, "
-        f"is at alpha = {best[0]:g}"
-    )
+    text = f"Over {len(scored)} alphas the lowest {best[1][0]} perplexity, {_g(best[1][1])}, is at alpha = {best[0]:g}"
     if one:
         text += f", against {_g(one[1][1])} at alpha = 1 ({(one[1][1] - best[1][1]) / one[1][1]:.1%} lower)"
     return [text + "."]
@@ -278,9 +265,7 @@ def _attack_summary(p: dict[str, Any]) -> list[str]:
         return ["No attack results."]
     out = []
     if p.get("clean_perplexity") is not None:
-        out.append(
-            f"Clean perplexity: {_g(p['clean_perplexity'], 4)} over {p.get('eval_tokens', '?')} tokens."
-        )
+        out.append(f"Clean perplexity: {_g(p['clean_perplexity'], 4)} over {p.get('eval_tokens', '?')} tokens.")
     for r in rows[:12]:
         value, label = damage(r)
         out.append(f"{attack_name(r)}: {label} {_g(value)}, {caught_label(r)}.")
@@ -290,9 +275,7 @@ def _attack_summary(p: dict[str, Any]) -> list[str]:
 def _diff_summary(p: dict[str, Any]) -> list[str]:
     tensors = p.get("tensors") or []
     changed = [t for t in tensors if t.get("changed")]
-    out = [
-        f"{len(changed)} of {len(tensors)} tensors differ between {p.get('model_a')} and {p.get('model_b')}."
-    ]
+    out = [f"{len(changed)} of {len(tensors)} tensors differ between {p.get('model_a')} and {p.get('model_b')}."]
     if changed:
         top = max(changed, key=lambda t: float(t.get("rel_change") or 0))
         out.append(f"The largest relative change is {_g(top.get('rel_change'))} in {top.get('name')}.")
@@ -307,9 +290,7 @@ def _diff_summary(p: dict[str, Any]) -> list[str]:
 def _verify_summary(p: dict[str, Any]) -> list[str]:
     checks = p.get("checks") or {}
     verdict = "matches its manifest" if p.get("ok") else "does NOT match its manifest"
-    out = [
-        f"{p.get('model', 'The model')} {verdict}: " + "; ".join(f"{k} {v}" for k, v in checks.items()) + "."
-    ]
+    out = [f"{p.get('model', 'The model')} {verdict}: " + "; ".join(f"{k} {v}" for k, v in checks.items()) + "."]
     changed = [sw for sw in p.get("super_weights") or [] if sw.get("status") == "changed"]
     for sw in changed[:6]:
         out.append(

@@ -139,9 +139,7 @@ def _row_values(payload: dict[str, Any]) -> tuple[list[list[float]], list[str], 
                 labels.append(f"layer {sw.get('layer')} row {sw.get('row')}")
                 marks.append([int(sw["col"])] if sw.get("col") is not None else [])
     if not rows:
-        raise MissingData(
-            "the results carry no super weight row ('row_values'); scan does not save it by default"
-        )
+        raise MissingData("the results carry no super weight row ('row_values'); scan does not save it by default")
     labels += [f"row {i}" for i in range(len(labels), len(rows))]
     marks += [[] for _ in range(len(marks), len(rows))]
     width = max(len(r) for r in rows)

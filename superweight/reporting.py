@@ -80,11 +80,7 @@ def table_html(rows: list[dict[str, Any]], max_rows: int = MAX_ROWS) -> str:
             cls = ' class="num"' if isinstance(v, (int, float)) and not isinstance(v, bool) else ""
             cells.append(f"<td{cls}>{html.escape(fmt_value(v))}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
-    more = (
-        f'<p class="meta">{len(rows) - max_rows} more rows in results.json</p>'
-        if len(rows) > max_rows
-        else ""
-    )
+    more = f'<p class="meta">{len(rows) - max_rows} more rows in results.json</p>' if len(rows) > max_rows else ""
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>{more}"
 
 
@@ -92,9 +88,7 @@ def details_html(payload: dict[str, Any]) -> str:
     """Scalars as a key/value table and lists of records as tables: every result is on the page."""
     parts: list[str] = []
     scalars = {k: v for k, v in payload.items() if not isinstance(v, (list, dict))}
-    small = {
-        k: v for k, v in payload.items() if isinstance(v, dict) and len(json.dumps(v, default=str)) < 400
-    }
+    small = {k: v for k, v in payload.items() if isinstance(v, dict) and len(json.dumps(v, default=str)) < 400}
     if scalars or small:
         rows = [{"field": k, "value": fmt_value(v)} for k, v in {**scalars, **small}.items()]
         parts.append(table_html(rows, max_rows=200))
@@ -125,9 +119,7 @@ def _image(fig_png: bytes, alt: str) -> str:
     return f'<img src="data:image/png;base64,{data}" alt="{html.escape(alt)}">'
 
 
-def report_html(
-    command: str, payload: dict[str, Any], figures: list[tuple[str, str, bytes | None, str]]
-) -> str:
+def report_html(command: str, payload: dict[str, Any], figures: list[tuple[str, str, bytes | None, str]]) -> str:
     """The page. ``figures``: (name, title, png bytes or None, caption or skip reason)."""
     model = payload.get("model") or payload.get("label") or ""
     title = f"superweight {command}" + (f": {model}" if model else "")
@@ -209,9 +201,7 @@ def read_run(run_dir: str | Path) -> tuple[str, dict[str, Any]]:
     try:
         data = json.loads(results.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise SuperweightError(
-            f"{results} is not valid JSON ({exc.msg if hasattr(exc, 'msg') else exc})"
-        ) from None
+        raise SuperweightError(f"{results} is not valid JSON ({exc.msg if hasattr(exc, 'msg') else exc})") from None
     if not isinstance(data, dict) or not isinstance(data.get("command"), str):
         raise SuperweightError(f"{results} has no 'command' field; it was not written by superweight --out")
     command = data.pop("command")
@@ -234,19 +224,11 @@ def compare_payload(runs: list[tuple[str, str, dict[str, Any]]]) -> dict[str, An
                 "run": label,
                 "model": payload.get("model"),
                 "architecture": payload.get("architecture"),
-                "parameters (M)": round(payload["num_parameters"] / 1e6, 1)
-                if payload.get("num_parameters")
-                else None,
+                "parameters (M)": round(payload["num_parameters"] / 1e6, 1) if payload.get("num_parameters") else None,
                 "layers": n_layers or None,
                 "super weights": len(sws),
-                "where": "; ".join(
-                    f"layer {sw.get('layer')} [{sw.get('row')}, {sw.get('col')}]" for sw in sws
-                ),
-                "depth": (
-                    round(int(strongest["layer"]) / max(n_layers - 1, 1), 2)
-                    if strongest and n_layers
-                    else None
-                ),
+                "where": "; ".join(f"layer {sw.get('layer')} [{sw.get('row')}, {sw.get('col')}]" for sw in sws),
+                "depth": (round(int(strongest["layer"]) / max(n_layers - 1, 1), 2) if strongest and n_layers else None),
                 "value": strongest.get("value") if strongest else None,
                 "super activation": max((abs(float(a.get("value") or 0)) for a in acts), default=None),
             }

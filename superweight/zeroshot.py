@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import socket
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -202,13 +201,9 @@ def load_local(task: str, data_dir: str, split: str, **_metadata: Any) -> Any:
 
 
 def _online() -> bool:
-    if any(os.environ.get(v, "0") not in ("0", "", "false") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")):
-        return False
-    try:
-        socket.create_connection(("huggingface.co", 443), timeout=2).close()
-        return True
-    except OSError:
-        return False
+    from superweight.evaluation import hub_reachable
+
+    return hub_reachable()
 
 
 def _file_sha(paths: list[Path]) -> str:

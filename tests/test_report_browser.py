@@ -78,9 +78,7 @@ class Browser:
         message, self._buf = self._buf.split(b"\0", 1)
         return json.loads(message)
 
-    def call(
-        self, method: str, params: dict | None = None, session: str | None = None, timeout: float = 60
-    ) -> dict:
+    def call(self, method: str, params: dict | None = None, session: str | None = None, timeout: float = 60) -> dict:
         self._id += 1
         message = {"id": self._id, "method": method, "params": params or {}}
         if session:
@@ -117,9 +115,7 @@ def open_page(url: str, profile: Path, width: int = 1200) -> dict:
     browser = Browser(profile)
     try:
         target = browser.call("Target.createTarget", {"url": "about:blank"})
-        session = browser.call("Target.attachToTarget", {"targetId": target["targetId"], "flatten": True})[
-            "sessionId"
-        ]
+        session = browser.call("Target.attachToTarget", {"targetId": target["targetId"], "flatten": True})["sessionId"]
         for domain in ("Page.enable", "Runtime.enable", "Log.enable"):
             browser.call(domain, session=session)
         browser.call(
@@ -136,13 +132,11 @@ def open_page(url: str, profile: Path, width: int = 1200) -> dict:
                     figure: i.closest('figure') ? i.closest('figure').id : null};
         }))"""
         images = json.loads(
-            browser.call("Runtime.evaluate", {"expression": script, "returnByValue": True}, session=session)[
-                "result"
-            ]["value"]
+            browser.call("Runtime.evaluate", {"expression": script, "returnByValue": True}, session=session)["result"][
+                "value"
+            ]
         )
-        shot = browser.call(
-            "Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True}, session=session
-        )
+        shot = browser.call("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True}, session=session)
         problems = [
             e
             for e in browser.events

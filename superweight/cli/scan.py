@@ -56,6 +56,10 @@ def run(args: argparse.Namespace) -> int:
     result.timings = {"load_s": lm.load_s, **result.timings}
     payload = result.to_dict()
     payload["source"] = {"path": lm.path, "kind": lm.source, "dequantized_from": lm.dequantized_from}
+    if payload["super_weights"]:
+        from superweight.figures import super_weight_rows
+
+        payload["row_values"] = super_weight_rows(lm.model, payload["super_weights"], args.down_proj)
     emit(args, "scan", payload, render)
     return 0
 
