@@ -11,21 +11,25 @@ from pathlib import Path
 from typing import Any
 
 
-def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
+def atomic_write(path: str | Path, write: Callable[[Path], None], mode: int | None = None) -> Path:
     """Call ``write(tmp_path)`` on a temporary file beside ``path``, then rename it over ``path``.
 
-    The rename is atomic on POSIX, so readers and crashes never see a partial file.
+    The rename is atomic on POSIX, so readers and crashes never see a partial file. The file gets
+    ``mode`` (default: what a plain ``open`` would give under the umask); a secret passes 0o600.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
-    try:
-        write(tmp_path)
+    if mode is None:
         umask = os.umask(0)
         os.umask(umask)
-        os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp makes 0600; results are meant to be shared
+        mode = 0o666 & ~umask  # mkstemp makes 0600; results are meant to be shared
+    try:
+        os.chmod(tmp_path, mode)  # before anything is written into it
+        write(tmp_path)
+        os.chmod(tmp_path, mode)  # in case `write` replaced the file
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -253,13 +252,9 @@ def generate_keypair(private_path: str | Path) -> tuple[Path, Path]:
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     pub = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
 
-    def write_private(tmp: Path) -> None:
-        os.chmod(tmp, 0o600)  # before the secret is in it
-        tmp.write_bytes(pem)
-
     from superweight.io import atomic_write
 
-    atomic_write(private_path, write_private)
+    atomic_write(private_path, lambda tmp: tmp.write_bytes(pem), mode=0o600)  # 0600 before the secret is in it
     atomic_write_bytes(public_path, pub)
     return private_path, public_path
 

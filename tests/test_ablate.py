@@ -194,7 +194,10 @@ def test_cli_ablate_and_scale_on_a_planted_model(planted_folder, tmp_path):
 )
 def test_cli_errors_are_one_line(planted_folder, args, message):
     scan = [] if "--scan" in args else ["--scan", str(planted_folder.parent / "scan.json")]
-    one_line_error(cli("ablate", str(planted_folder), *scan, "--no-cache", "-q", *args), message)
+    text = planted_folder.parent / "text.txt"
+    text.write_text("# the cat sat on the mat. " * 10)
+    data = [] if "--data" in args else ["--data", str(text)]
+    one_line_error(cli("ablate", str(planted_folder), *scan, *data, "--no-cache", "-q", *args), message)
 
 
 def test_cli_scale_rejects_bad_alphas(planted_folder):

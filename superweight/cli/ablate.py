@@ -63,13 +63,14 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         if value is not None and value < 1:
             raise SuperweightError(f"{name} must be a positive number (got {value})")
     # fail on bad input now, not after minutes of loading and evaluating
-    from superweight.evaluation import SOURCES, resolve_data_dir
+    from superweight.evaluation import SOURCES, load_text, resolve_data_dir
     from superweight.zeroshot import ALL_TASKS
 
     resolve_data_dir(args.data_dir)
     for source in sources:
         if source not in SOURCES and not Path(source).expanduser().is_file():
             raise SuperweightError(f"unknown data source {source!r}: not {' or '.join(SOURCES)}, and no such file")
+        load_text(source, args.data_dir, args.split)  # readable and well-formed (cheap next to evaluating)
     unknown = [t for t in tasks if t not in ALL_TASKS]
     if unknown:
         raise SuperweightError(f"unknown task(s) {', '.join(unknown)}; choose from {', '.join(ALL_TASKS)}")
