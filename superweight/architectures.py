@@ -32,6 +32,9 @@ class Adapter:
     # stream, with a learned gain: the massive activation appears only after that norm, so spikes are
     # read there (the super weight is still the down-projection entry).
     mlp_output: str | None = None
+    # The model's decoder loop is a plain `hidden = layer(hidden, ...)`, so evaluation may start at any
+    # layer from saved hidden states (superweight.conditions reuses them across conditions).
+    layerwise: bool = False
 
 
 _REGISTRY: dict[str, Adapter] = {}
@@ -57,6 +60,7 @@ for _adapter in (
         ),
         "model.layers",
         "mlp.down_proj",
+        layerwise=True,
     ),
     Adapter(
         "post-norm",
@@ -64,6 +68,7 @@ for _adapter in (
         "model.layers",
         "mlp.down_proj",
         mlp_output="post_feedforward_layernorm",
+        layerwise=True,
     ),
     Adapter(
         "gemma3-multimodal",
@@ -91,6 +96,11 @@ for _adapter in (
 
 def supported_classes() -> list[str]:
     return sorted(_REGISTRY)
+
+
+def layerwise_classes() -> list[str]:
+    """Classes whose evaluation can start at any decoder layer (see ``Adapter.layerwise``)."""
+    return sorted(cls for cls, adapter in _REGISTRY.items() if adapter.layerwise)
 
 
 @dataclass(frozen=True, eq=False)

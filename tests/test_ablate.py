@@ -11,17 +11,9 @@ import torch
 from conftest import assert_state_equal
 from tiny import PROBE, PROMPTS, Plant, byte_tokenizer, plant, tiny_model
 
-from superweight.architectures import down_projections
-from superweight.experiments import (
-    REUSE_CLASSES,
-    Condition,
-    Probe,
-    Settings,
-    measure_conditions,
-    run_ablation,
-    run_scaling,
-    supports_reuse,
-)
+from superweight.architectures import down_projections, layerwise_classes
+from superweight.conditions import Condition, Probe, measure_conditions, supports_reuse
+from superweight.experiments import Settings, run_ablation, run_scaling
 from superweight.interventions import WeightRef, random_k_refs, top_k_refs
 
 
@@ -41,7 +33,7 @@ def conditions_for(model) -> tuple[list[Condition], Probe]:
     ], Probe(site, 3)
 
 
-@pytest.mark.parametrize("cls", [*sorted(REUSE_CLASSES), "GPT2LMHeadModel", "OPTForCausalLM"])
+@pytest.mark.parametrize("cls", [*layerwise_classes(), "GPT2LMHeadModel", "OPTForCausalLM"])
 def test_reuse_equals_full_passes(cls):
     model = tiny_model(cls, seed=1)
     before = {k: v.clone() for k, v in model.state_dict().items()}

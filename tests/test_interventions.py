@@ -8,8 +8,8 @@ from conftest import assert_state_equal
 from tiny import PROBE, Plant, byte_tokenizer, plant, tiny_model
 
 from superweight.architectures import down_projections, linear_layers
+from superweight.conditions import Condition
 from superweight.errors import SuperweightError
-from superweight.experiments import Condition
 from superweight.interventions import (
     WeightRef,
     first_layer,
