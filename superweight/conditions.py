@@ -9,7 +9,8 @@ layer puts the saved hidden states back. That is safe for the families whose dec
 ``hidden = layer(hidden, ...)`` (adapters marked ``layerwise`` in the registry: Llama, Mistral,
 Qwen2/3, Phi-3, OLMo/OLMo-2, Gemma 1/2/3 text); every other family (GPT-2, GPT-NeoX, OPT, Falcon,
 GPT-J, MoE, multimodal Gemma 3) gets full passes. Saved hidden states are bounded by
-``budget_bytes`` per window; layers that do not fit fall back to full passes. Results equal full passes to float tolerance (tests check it).
+``budget_bytes`` per window; layers that do not fit fall back to full passes. Results equal full
+passes to float tolerance (tests check it).
 """
 
 from __future__ import annotations
