@@ -170,7 +170,7 @@ def test_cli_ablate_and_scale_on_a_planted_model(planted_folder, tmp_path):
     assert table.returncode == 0 and "no-sw" in table.stdout and "ppl" in table.stdout, table.stderr
     proc = cli("scale", str(planted_folder), *common, "--alphas", "0,2", "-q", "--out", str(tmp_path / "s"))
     assert proc.returncode == 0, proc.stderr
-    assert "best alpha" in proc.stdout and (tmp_path / "s" / "scale.png").is_file()
+    assert "best alpha" in proc.stdout and (tmp_path / "s" / "figures" / "scale_curve.png").is_file()
 
 
 @pytest.mark.parametrize(

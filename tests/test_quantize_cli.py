@@ -61,16 +61,11 @@ def test_quantize_json_schema_and_bits(tiny_folder, data_dir, capsys) -> None:
     for r in payload["results"]:
         assert set(r) >= {"method", "bits", "block", "perplexity", "kl", "bits_per_weight"}
         assert r["kl"] >= 0 and r["perplexity"]["wikitext2"] > 1
-    assert rows[("naive", "32")]["bits_per_weight"] == pytest.approx(
-        4 + 32 / 32
-    )  # fp16 scale + fp16 min per 32
+    assert rows[("naive", "32")]["bits_per_weight"] == pytest.approx(4 + 32 / 32)  # fp16 scale + fp16 min per 32
     assert rows[("sw", "32")]["bits_per_weight"] == pytest.approx(
         5 + 64 / rows[("sw", "32")]["quantization"]["weights"]
     )
-    assert (
-        rows[("sparse:0.01", "tensor")]["bits_per_weight"]
-        > rows[("naive", "tensor")]["bits_per_weight"] + 0.6
-    )
+    assert rows[("sparse:0.01", "tensor")]["bits_per_weight"] > rows[("naive", "tensor")]["bits_per_weight"] + 0.6
     assert payload["super_weights"] == [["model.layers.1.mlp.down_proj", 5, 17]]
 
 
@@ -141,3 +136,21 @@ def test_invalid_options_are_one_line_errors(tiny_folder, data_dir, capsys, args
     assert code == 2 and out == ""
     errors = [line for line in err.splitlines() if "error:" in line]  # progress lines may come before
     assert len(errors) == 1 and message in errors[0]
+
+
+def test_zero_shot_tasks_per_variant(tiny_folder, data_dir, capsys) -> None:
+    """--tasks runs lm-eval on the unquantized model and on every quantized variant (local data)."""
+    folder = tiny_folder[0]
+    code, out, _ = _cli(capsys, "quantize", *_common(folder, data_dir), "--bits", "2", "--block", "tensor",
+                        "--methods", "naive", "--tasks", "lambada_openai", "--limit", "8", "--json")  # fmt: skip
+    assert code == 0
+    payload = json.loads(out)
+    base = payload["baseline"]["accuracy"]["lambada_openai"]
+    acc = payload["results"][0]["accuracy"]["lambada_openai"]
+    assert 0.0 <= base <= 1.0 and 0.0 <= acc <= 1.0
+    assert base * 8 == int(base * 8)  # an accuracy over exactly 8 examples
+
+
+def test_unknown_task_fails_before_loading(tiny_folder, data_dir, capsys) -> None:
+    code, _, err = _cli(capsys, "quantize", *_common(tiny_folder[0], data_dir), "--tasks", "no_such_task")
+    assert code == 2 and "unknown task" in err and len(err.strip().splitlines()) == 1

@@ -31,39 +31,30 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_model_args(p)
     p.add_argument("--bits", default="4", help="comma-separated bit widths, 2..8 (default 4)")
-    p.add_argument(
-        "--block", default="128,channel", help="comma-separated: group sizes (32..2048), channel, tensor"
-    )
+    p.add_argument("--block", default="128,channel", help="comma-separated: group sizes (32..2048), channel, tensor")
     p.add_argument(
         "--methods",
         default="naive,sw,sw+clip,row,sparse:0.005",
         help="comma-separated: naive, sw, sw+clip, row, sparse:F, hqq, hqq+sw",
     )
-    p.add_argument(
-        "--modules", default=None, help="only linears matching these globs, e.g. '*.mlp.down_proj'"
-    )
-    p.add_argument(
-        "--act", choices=("w8a8",), default=None, help="also run simulated W8A8: naive, sa, smoothquant"
-    )
+    p.add_argument("--modules", default=None, help="only linears matching these globs, e.g. '*.mlp.down_proj'")
+    p.add_argument("--act", choices=("w8a8",), default=None, help="also run simulated W8A8: naive, sa, smoothquant")
     p.add_argument("--alpha", type=float, default=0.5, help="SmoothQuant migration strength (default 0.5)")
-    p.add_argument(
-        "--scan", metavar="FILE", default=None, help="a scan results.json instead of scanning again"
-    )
-    p.add_argument(
-        "--data-dir", default=None, help="folder with wikitext2/ (default $SUPERWEIGHT_DATA or the hub)"
-    )
+    p.add_argument("--scan", metavar="FILE", default=None, help="a scan results.json instead of scanning again")
+    p.add_argument("--data-dir", default=None, help="folder with wikitext2/ (default $SUPERWEIGHT_DATA or the hub)")
     p.add_argument("--max-tokens", type=int, default=8192, help="test tokens evaluated (default 8192)")
     p.add_argument("--seq-len", type=int, default=2048, help="window length (default 2048)")
-    p.add_argument(
-        "--calib-tokens", type=int, default=1024, help="validation tokens for sw+clip / SmoothQuant"
-    )
-    p.add_argument(
-        "--no-kl", action="store_true", help="skip the KL divergence (saves the reference logits' memory)"
-    )
-    p.add_argument(
-        "--save", metavar="DIR", default=None, help="write the (single) quantized model as a checkpoint"
-    )
+    p.add_argument("--calib-tokens", type=int, default=1024, help="validation tokens for sw+clip / SmoothQuant")
+    p.add_argument("--no-kl", action="store_true", help="skip the KL divergence (saves the reference logits' memory)")
+    p.add_argument("--save", metavar="DIR", default=None, help="write the (single) quantized model as a checkpoint")
     p.add_argument("--load", metavar="DIR", default=None, help="evaluate a checkpoint written by --save")
+    p.add_argument(
+        "--tasks",
+        default="",
+        help="zero-shot tasks for every variant, comma-separated (e.g. piqa,lambada_openai), or 'paper'",
+    )
+    p.add_argument("--limit", type=int, default=None, metavar="N", help="first N examples of each task")
+    p.add_argument("--batch-size", type=int, default=8, help="zero-shot batch size (default 8)")
     add_output_args(p)
     p.set_defaults(func=run)
 
@@ -88,6 +79,10 @@ def plan(args: argparse.Namespace) -> list[tuple[Any, Any]]:
     runs = [(m, QuantConfig(b, blk)) for b in bits for blk in blocks for m in methods]
     for method, config in runs:
         check_combination(method, config)
+    if _task_names(args):  # unknown task names fail now, not after the model is loaded
+        from superweight.zeroshot import plan_tasks
+
+        plan_tasks(_task_names(args), args.data_dir)
     if args.save and len(runs) != 1:
         raise QuantizationError(
             f"--save writes one model; give one bits, block and method (got {len(runs)} combinations)"
@@ -148,8 +143,34 @@ def _windows(lm: LoadedModel, args: argparse.Namespace, split: str, tokens: int)
     return tokenize_corpus(lm.tokenizer, corpus, seq_len=args.seq_len, max_tokens=tokens, model=lm.model)
 
 
+def _task_names(args: argparse.Namespace) -> list[str]:
+    from superweight.zeroshot import PAPER_TASKS
+
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    return list(PAPER_TASKS) if tasks == ["paper"] else tasks
+
+
+def _accuracy(suite: Any, limit: int | None, desc: str) -> dict[str, float | None]:
+    """lm-eval ``acc`` per task for the model as it is now (None: skipped, e.g. no local copy offline)."""
+    return {task: r.accuracy for task, r in suite.evaluate(limit, desc).items()}
+
+
 def sweep(lm: LoadedModel, args: argparse.Namespace, runs: list[tuple[Any, Any]]) -> dict[str, Any]:
     """Baseline, then every (method, config), then W8A8 if asked; weights restored after each."""
+    from contextlib import ExitStack
+
+    with ExitStack() as stack:
+        suite = None
+        if _task_names(args):
+            from superweight.zeroshot import TaskSuite
+
+            suite = stack.enter_context(
+                TaskSuite(lm.model, lm.tokenizer, _task_names(args), data_dir=args.data_dir, batch_size=args.batch_size)
+            )
+        return _sweep(lm, args, runs, suite)
+
+
+def _sweep(lm: LoadedModel, args: argparse.Namespace, runs: list[tuple[Any, Any]], suite: Any) -> dict[str, Any]:
     import torch
 
     from superweight.evaluation import next_token_logprobs
@@ -174,6 +195,8 @@ def sweep(lm: LoadedModel, args: argparse.Namespace, runs: list[tuple[Any, Any]]
     reference = None if args.no_kl else next_token_logprobs(lm.model, windows, dtype=torch.float16)
     baseline = _evaluate(lm.model, windows, None)
     log(f"unquantized perplexity {baseline['perplexity']['wikitext2']:.3f}")
+    if suite is not None:
+        baseline["accuracy"] = _accuracy(suite, args.limit, "unquantized")
     needs_calib = any(m.name == "sw+clip" for m, _ in runs) or args.act
     calib_windows = _windows(lm, args, "validation", args.calib_tokens).ids if needs_calib else None
     calibration = None
@@ -182,11 +205,11 @@ def sweep(lm: LoadedModel, args: argparse.Namespace, runs: list[tuple[Any, Any]]
     results, saved = [], None
     with WeightSnapshot(linears) as snapshot:
         for method, config in runs:
-            report = apply_quantization(
-                snapshot, method, config, protection, calibration, keep=bool(args.save)
-            )
+            report = apply_quantization(snapshot, method, config, protection, calibration, keep=bool(args.save))
             row = {"method": method.label, "bits": config.bits, "block": config.label}
             row.update(_evaluate(lm.model, windows, reference))
+            if suite is not None:
+                row["accuracy"] = _accuracy(suite, args.limit, f"{method.label} {config.label}")
             row["bits_per_weight"] = report.bits_per_weight
             row["quantization"] = report.to_dict()
             log(f"{method.label} {config.bits}-bit {config.label}: ppl {row['perplexity']['wikitext2']:.3f}")
@@ -198,7 +221,7 @@ def sweep(lm: LoadedModel, args: argparse.Namespace, runs: list[tuple[Any, Any]]
                 row["checkpoint"] = {"path": str(args.save), "bytes": saved["bytes"]}
             snapshot.restore()
         if args.act:
-            results.extend(_w8a8(lm, linears, scan, windows, reference, calib_windows, args.alpha))
+            results.extend(_w8a8(lm, linears, scan, windows, reference, calib_windows, args.alpha, suite, args.limit))
     return {
         "model": lm.spec,
         "architecture": lm.architecture,
@@ -211,7 +234,7 @@ def sweep(lm: LoadedModel, args: argparse.Namespace, runs: list[tuple[Any, Any]]
     }
 
 
-def _w8a8(lm, linears, scan, windows, reference, calib_windows, alpha) -> list[dict[str, Any]]:
+def _w8a8(lm, linears, scan, windows, reference, calib_windows, alpha, suite, limit) -> list[dict[str, Any]]:
     from superweight.activation_quant import held_channels, smoothing_factors, w8a8
 
     held = held_channels(linears, scan, int(lm.model.config.hidden_size))
@@ -223,6 +246,8 @@ def _w8a8(lm, linears, scan, windows, reference, calib_windows, alpha) -> list[d
         with w8a8(linears, method, held=held, smoothing=smoothing) as report:
             row = {"method": f"w8a8:{method}", "bits": 8, "block": "tensor"}
             row.update(_evaluate(lm.model, windows, reference))
+            if suite is not None:
+                row["accuracy"] = _accuracy(suite, limit, f"w8a8:{method}")
             row["bits_per_weight"] = bpw
             row["activation"] = report.to_dict() | {"alpha": alpha if method == "smoothquant" else None}
         rows.append(row)
@@ -255,19 +280,21 @@ def _fmt(x: Any, spec: str) -> str:
 
 def render(payload: dict[str, Any]) -> str:
     base = payload["baseline"]["perplexity"]["wikitext2"]
+    tasks = list(payload["baseline"].get("accuracy", {}))
+    accuracy = "".join(f" {_fmt(payload['baseline']['accuracy'][t], '.3f')} {t}" for t in tasks)
     lines = [
-        f"{payload['model']}: unquantized WikiText-2 perplexity {base:.3f}",
-        f"{'method':<16}{'bits':>5}{'block':>9}{'bits/w':>9}{'ppl':>12}{'KL':>10}",
+        f"{payload['model']}: unquantized WikiText-2 perplexity {base:.3f}{' ;' + accuracy if tasks else ''}",
+        f"{'method':<16}{'bits':>5}{'block':>9}{'bits/w':>9}{'ppl':>12}{'KL':>10}" + "".join(f"{t:>16}" for t in tasks),
     ]
     for r in payload["results"]:
+        acc = r.get("accuracy", {})
         lines.append(
             f"{r['method']:<16}{r['bits']:>5}{r['block']:>9}{r['bits_per_weight']:>9.3f}"
             f"{_fmt(r['perplexity']['wikitext2'], '12.3f'):>12}{_fmt(r.get('kl'), '10.4f'):>10}"
+            + "".join(f"{_fmt(acc.get(t), '16.3f'):>16}" for t in tasks)
         )
         if "checkpoint" in r:
-            lines.append(
-                f"  checkpoint {r['checkpoint']['path']}: {r['checkpoint']['bytes']['total']:,} bytes"
-            )
+            lines.append(f"  checkpoint {r['checkpoint']['path']}: {r['checkpoint']['bytes']['total']:,} bytes")
     return "\n".join(lines) + "\n"
 
 

@@ -10,7 +10,7 @@ from superweight.cli.ablate import add_eval_args, scan_from_args, settings_from_
 from superweight.cli.common import add_model_args, add_output_args, emit, load_from_args
 
 EXAMPLES = """examples:
-  superweight scale --data-dir ../shared/data --max-tokens 8192 --out runs/scale      (writes scale.png too)
+  superweight scale --data-dir ../shared/data --max-tokens 8192 --out runs/scale   (figures/scale_curve.png)
   superweight scale --alphas 0,1,2,4 --tasks piqa --limit 200 --plot scale.png
 """
 
@@ -28,7 +28,9 @@ def register(sub: Any) -> None:
     add_output_args(p)
     add_eval_args(p)
     p.add_argument("--alphas", default="0,0.2,0.5,1,1.5,2,3", help="comma-separated scale factors")
-    p.add_argument("--plot", type=Path, default=None, metavar="PNG", help="where to draw the curve (default: --out)")
+    p.add_argument(
+        "--plot", type=Path, default=None, metavar="PNG", help="also draw the curve here (--out DIR has it in figures/)"
+    )
     p.set_defaults(func=run)
 
 
@@ -53,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     lm = load_from_args(args)
     scan = scan_from_args(args, lm)
     payload = run_scaling(lm, scan, settings, alphas)
-    plot = args.plot or (args.out / "scale.png" if args.out is not None else None)
+    plot = args.plot  # with --out, the run folder has it as figures/scale_curve.png
     if plot is not None:
         payload["plot"] = str(plot)
         draw(payload, plot)
@@ -63,28 +65,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def draw(payload: dict[str, Any], path: Path) -> None:
-    """The metric against alpha, alpha=1 and the best alpha marked (written atomically)."""
-    import matplotlib
+    """The run folder's scale figure (reporting's, one drawing for both), written atomically."""
+    from superweight.figures import render as render_figure
+    from superweight.figures_eval import scale_curve
+    from superweight.io import atomic_write_bytes
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from superweight.io import atomic_write
-
-    points = payload["points"]
-    fig, ax = plt.subplots(figsize=(5, 3.4), dpi=120)
-    ax.plot([p["alpha"] for p in points], [p["value"] for p in points], marker="o")
-    ax.axvline(1.0, color="grey", linestyle="--", linewidth=0.8, label="alpha = 1 (as loaded)")
-    ax.scatter([payload["best_alpha"]], [payload["best_value"]], color="red", zorder=3, label="best")
-    if payload["metric"].startswith("perplexity"):
-        ax.set_yscale("log")
-    ax.set_xlabel("super weight scale alpha")
-    ax.set_ylabel(payload["metric"])
-    ax.set_title(payload["model"])
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    atomic_write(path, lambda p: fig.savefig(p, format="png"))
-    plt.close(fig)
+    atomic_write_bytes(path, render_figure(scale_curve(payload), "png"))
 
 
 def render(payload: dict[str, Any]) -> str:
