@@ -40,7 +40,14 @@ def main() -> None:
                 f"{a.persists_until} of {len(result.layers) - 1}."
             )
         if not result.super_weights:
-            notes.append(f"- {spec}: no confirmed super weight.")
+            peak = max(result.residual_stream, key=lambda r: r["max"])
+            leading = [r["layer"] for r in result.residual_stream if r["channel"] == peak["channel"]]
+            notes.append(
+                f"- {spec}: no confirmed super weight. Its residual stream does carry a massive activation "
+                f"({peak['max']:,.0f} in hidden channel {peak['channel']}, token {peak['token']}, after layer "
+                f"{peak['layer']}), but that channel leads in {len(leading)} layers ({leading[0]}-{leading[-1]}): "
+                "it is built up layer by layer, with no single down-projection spike behind it."
+            )
         notes.append(f"- {spec}: load {lm.load_s:.1f} s, detection {seconds:.1f} s on this machine.")
     table = "\n".join(
         [
