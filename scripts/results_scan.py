@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -24,9 +23,7 @@ def main() -> None:
     notes = []
     for spec in args.models.split(","):
         lm = load_model(spec)
-        start = time.perf_counter()
         result = find_super_weights(lm.model, lm.tokenizer, model_name=spec)
-        seconds = time.perf_counter() - start
         for w in result.super_weights + result.unconfirmed:
             rows.append(
                 f"| {spec} | {w.layer} | `{w.module}` | {w.row} | {w.col} | {w.value:.3f} | "
@@ -48,7 +45,6 @@ def main() -> None:
                 f"{peak['layer']}), but that channel leads in {len(leading)} layers ({leading[0]}-{leading[-1]}): "
                 "it is built up layer by layer, with no single down-projection spike behind it."
             )
-        notes.append(f"- {spec}: load {lm.load_s:.1f} s, detection {seconds:.1f} s on this machine.")
     table = "\n".join(
         [
             "### Scan results (built-in models)",
@@ -61,6 +57,9 @@ def main() -> None:
             *rows,
             "",
             *notes,
+            "",
+            "Timing is measured by `python bench/bench_scan.py` (whole `superweight scan` against a bare load and",
+            "forward pass, and the 60 s budget), not here.",
         ]
     )
     replace_section("scan", table)
