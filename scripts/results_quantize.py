@@ -65,6 +65,63 @@ def figure(payloads: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def _ppl(row: dict) -> float:
+    return row["perplexity"]["wikitext2"]
+
+
+def findings(payloads: list[dict], w8: dict) -> list[str]:
+    """What the measurements show, as sentences computed from them (never typed by hand)."""
+    base = payloads[0]["baseline"]["perplexity"]["wikitext2"]
+    out = []
+    for payload in payloads:
+        rows = payload["results"]
+        bits = rows[0]["bits"]
+        by = {(r["method"], str(r["block"])): r for r in rows}
+        blocks = list(dict.fromkeys(str(r["block"]) for r in rows))
+        lossless = [b for b in blocks if by.get(("naive", b)) and abs(_ppl(by[("naive", b)]) / base - 1) < 1e-3]
+        if lossless:
+            out.append(
+                f"{bits}-bit naive RTN with block {', '.join(lossless)} reproduces the unquantized perplexity "
+                f"exactly (KL {by[('naive', lossless[0])]['kl']:.1e}): the built-in model is itself dequantized "
+                "from a block-32 asymmetric 4-bit GGUF (Q4_1), so its weights already lie on that grid."
+            )
+        for method, what in (("sw", "holding out the super weight"), ("row", "holding out its whole channel")):
+            gains = [
+                (b, _ppl(by[("naive", b)]) / _ppl(by[(method, b)]))
+                for b in blocks
+                if (method, b) in by and ("naive", b) in by and b not in lossless
+            ]
+            if gains:
+                best = max(gains, key=lambda g: g[1])
+                out.append(
+                    f"{bits}-bit, {what} ({method}) changes naive perplexity by a factor of "
+                    f"{min(g[1] for g in gains):.2f}-{best[1]:.2f} across blocks "
+                    f"(best: block {best[0]}; >1 means better)."
+                )
+        for b in blocks:
+            if b in lossless:
+                continue
+            cands = [r for r in rows if str(r["block"]) == b]
+            win = min(cands, key=_ppl)
+            naive = by.get(("naive", b))
+            if naive:
+                out.append(
+                    f"{bits}-bit block {b}: best is {win['method']} ({_ppl(win):.4g} at {win['bits_per_weight']:.3f} "
+                    f"bits/weight) against naive {_ppl(naive):.4g}."
+                )
+        front = pareto([(r["bits_per_weight"], _ppl(r)) for r in rows])
+        names = [
+            next(f"{r['method']}/{r['block']}" for r in rows if (r["bits_per_weight"], _ppl(r)) == pt) for pt in front
+        ]
+        out.append(f"{bits}-bit Pareto front (fewest bits for a given perplexity): {', '.join(names)}.")
+    w = {r["method"]: _ppl(r) for r in w8["results"] if r["method"].startswith("w8a8")}
+    if w:
+        out.append(
+            "W8A8: " + ", ".join(f"{m.split(':')[1]} {v:.4g}" for m, v in w.items()) + f" (unquantized {base:.4g})."
+        )
+    return out
+
+
 def table(payload: dict) -> str:
     lines = ["| method | bits | block | bits/weight | perplexity | KL |", "|---|---:|---|---:|---:|---:|"]
     for r in sorted(payload["results"], key=lambda r: (-r["bits"], str(r["block"]), r["bits_per_weight"])):
@@ -83,6 +140,7 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=2048)
     ap.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"))
     ap.add_argument("--quick", action="store_true", help="4-bit, blocks 128 and channel, no HQQ")
+    ap.add_argument("--from-runs", action="store_true", help="rewrite the docs from the saved runs/ folders")
     opts = ap.parse_args()
     common = [opts.model, "--data-dir", opts.data_dir, "--max-tokens", str(opts.max_tokens),
               "--seq-len", str(opts.seq_len), "-q"]  # fmt: skip
@@ -90,26 +148,36 @@ def main() -> None:
     scan_dir = runs_dir / f"scan-{opts.model}"
     from superweight.cli.main import main as cli
 
-    cli(["scan", opts.model, "--out", str(scan_dir), "-q"])
-    common += ["--scan", str(scan_dir / "results.json")]
     bits = ["4"] if opts.quick else ["4", "3"]
     blocks = "128,channel" if opts.quick else "32,128,512,channel,tensor"
     methods = "naive,sw,sw+clip,row,sparse:0.005" if opts.quick else METHODS
     payloads = []
-    for b in bits:
-        out = runs_dir / f"quantize-{opts.model}-{b}bit"
-        payloads.append(_run(["quantize", *common, "--bits", b, "--block", blocks, "--methods", methods,
-                              "--out", str(out)]))  # fmt: skip
-    w8 = _run(["quantize", *common, "--bits", "8", "--block", "tensor", "--methods", "naive", "--act", "w8a8",
-               "--out", str(runs_dir / f"quantize-{opts.model}-w8a8")])  # fmt: skip
+    w8_dir = runs_dir / f"quantize-{opts.model}-w8a8"
+    if opts.from_runs:
+        for b in bits:
+            payloads.append(json.loads((runs_dir / f"quantize-{opts.model}-{b}bit" / "results.json").read_text()))
+        w8 = json.loads((w8_dir / "results.json").read_text())
+    else:
+        cli(["scan", opts.model, "--out", str(scan_dir), "-q"])
+        common += ["--scan", str(scan_dir / "results.json")]
+        for b in bits:
+            out = runs_dir / f"quantize-{opts.model}-{b}bit"
+            payloads.append(_run(["quantize", *common, "--bits", b, "--block", blocks, "--methods", methods,
+                                  "--out", str(out)]))  # fmt: skip
+        w8 = _run(["quantize", *common, "--bits", "8", "--block", "tensor", "--methods", "naive", "--act", "w8a8",
+                   "--out", str(w8_dir)])  # fmt: skip
     figure(payloads, DOC.parent / "quantize_ppl_vs_bpw.png")
     base = payloads[0]["baseline"]["perplexity"]["wikitext2"]
     data = payloads[0]["data"]
-    cmd = "python scripts/results_quantize.py " + " ".join(sys.argv[1:])
+    cmd = "python scripts/results_quantize.py " + " ".join(a for a in sys.argv[1:] if a != "--from-runs")
     body = [
         f"Model `{opts.model}`, WikiText-2 test, {data['tokens']} tokens in windows of {data['seq_len']} "
         f"(sha256 {data['sha256'][:12]}), unquantized perplexity **{base:.2f}**. "
         f"Super weights used: {payloads[0]['super_weights']}. Reproduce with `{cmd.strip()}`.",
+        "",
+        "What the measurements show (sentences computed by the script from the tables below):",
+        "",
+        *[f"- {line}" for line in findings(payloads, w8)],
         "",
         *[table(p) + "\n" for p in payloads],
         "W8A8 (per-tensor INT8 weights, per-token INT8 inputs of every linear):",
