@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -57,3 +58,10 @@ def assert_state_equal(model, state) -> None:
     assert current.keys() == state.keys()
     changed = [k for k in state if not torch.equal(current[k], state[k])]
     assert not changed, f"weights not restored bit-exactly: {changed[:5]}"
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, text: str) -> None:
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and text in errors[0], proc.stderr

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 import torch
-from conftest import assert_state_equal
-from tiny import PROBE, PROMPTS, Plant, byte_tokenizer, plant, tiny_model
+from conftest import assert_one_line_error, assert_state_equal
+from tiny import PROBE, PROMPTS, Plant, save_planted, tiny_model
 
 from superweight.architectures import down_projections, layerwise_classes
 from superweight.conditions import Condition, Probe, measure_conditions, supports_reuse
@@ -123,20 +123,9 @@ def cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(command, capture_output=True, text=True, timeout=600)
 
 
-def one_line_error(proc: subprocess.CompletedProcess, text: str) -> None:
-    assert proc.returncode == 2, proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if "error:" in line]
-    assert "Traceback" not in proc.stderr and len(lines) == 1 and text in lines[0], proc.stderr
-
-
 @pytest.fixture(scope="module")
 def planted_folder(tmp_path_factory):
-    path = tmp_path_factory.mktemp("planted")
-    tok = byte_tokenizer()
-    model = tiny_model("Qwen2ForCausalLM")
-    plant(model, tok, Plant(layer=1, row=20, col=50))
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
+    path = save_planted(tmp_path_factory.mktemp("planted"), "Qwen2ForCausalLM", Plant(layer=1, row=20, col=50))
     scan = cli(
         "scan",
         str(path),
@@ -189,8 +178,8 @@ def test_cli_errors_are_one_line(planted_folder, args, message):
     text = planted_folder.parent / "text.txt"
     text.write_text("# the cat sat on the mat. " * 10)
     data = [] if "--data" in args else ["--data", str(text)]
-    one_line_error(cli("ablate", str(planted_folder), *scan, *data, "--no-cache", "-q", *args), message)
+    assert_one_line_error(cli("ablate", str(planted_folder), *scan, *data, "--no-cache", "-q", *args), message)
 
 
 def test_cli_scale_rejects_bad_alphas(planted_folder):
-    one_line_error(cli("scale", str(planted_folder), "--alphas", "0,abc"), "--alphas")
+    assert_one_line_error(cli("scale", str(planted_folder), "--alphas", "0,abc"), "--alphas")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny import PROBE, PROMPTS, Plant, byte_tokenizer, plant, tiny_model
+from tiny import PROBE, PROMPTS, Plant, planted
 
 from superweight.activation_quant import (
     held_channels,
@@ -22,9 +22,7 @@ PLANT = Plant(layer=1, row=5, col=17)
 
 @pytest.fixture(scope="module")
 def tiny():
-    tok = byte_tokenizer()
-    model = tiny_model("LlamaForCausalLM")
-    plant(model, tok, PLANT)
+    model, tok = planted("LlamaForCausalLM", PLANT)
     scan = find_super_weights(model, tok, PROMPTS, DetectionConfig(min_loss_increase=0.02, probe_text=PROBE))
     return model, tok, scan
 

@@ -8,7 +8,8 @@ import sys
 
 import pytest
 import transformers as T
-from tiny import PROBE, PROMPTS, Plant, byte_tokenizer, plant, tiny_model
+from conftest import assert_one_line_error
+from tiny import PROBE, PROMPTS, Plant, byte_tokenizer, save_planted, tiny_model
 
 
 def cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -17,22 +18,9 @@ def cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     )
 
 
-def assert_one_line_error(proc: subprocess.CompletedProcess, text: str) -> None:
-    assert proc.returncode == 2, proc.stderr
-    assert "Traceback" not in proc.stderr
-    errors = [line for line in proc.stderr.splitlines() if "error:" in line]
-    assert len(errors) == 1 and text in errors[0], proc.stderr
-
-
 @pytest.fixture(scope="module")
 def planted_folder(tmp_path_factory):
-    path = tmp_path_factory.mktemp("planted")
-    tok = byte_tokenizer()
-    model = tiny_model("Qwen2ForCausalLM")
-    plant(model, tok, Plant(layer=1, row=20, col=50))
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
+    return save_planted(tmp_path_factory.mktemp("planted"), "Qwen2ForCausalLM", Plant(layer=1, row=20, col=50))
 
 
 def test_scan_json_schema_on_a_planted_folder(planted_folder, tmp_path):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny import PROBE, PROMPTS, Plant, byte_tokenizer, plant, tiny_model
+from tiny import PROBE, PROMPTS, Plant, planted
 
 from superweight.architectures import down_projections
 from superweight.errors import QuantizationError
@@ -26,9 +26,7 @@ PLANT = Plant(layer=1, row=5, col=17)
 
 @pytest.fixture(scope="module")
 def tiny():
-    tok = byte_tokenizer()
-    model = tiny_model("LlamaForCausalLM")
-    plant(model, tok, PLANT)
+    model, tok = planted("LlamaForCausalLM", PLANT)
     site = next(s for s in down_projections(model) if s.layer == PLANT.layer)
     return model, tok, site
 
@@ -99,9 +97,7 @@ def test_sparse_bits_per_weight_charges_values_and_indices(tiny) -> None:
     linears = select_linears(model, "down_proj")
     with WeightSnapshot(linears) as snap:
         naive = apply_quantization(snap, parse_method("naive"), QuantConfig(4, "channel"))
-        sparse = apply_quantization(
-            snap, parse_method("sparse:0.01"), QuantConfig(4, "channel"), _protection(site)
-        )
+        sparse = apply_quantization(snap, parse_method("sparse:0.01"), QuantConfig(4, "channel"), _protection(site))
     n = naive.bit_count.weights
     held = sum(-(-linear.weight.numel() // 100) for _, linear in linears)
     extra = sparse.bit_count.total - naive.bit_count.total
@@ -177,9 +173,7 @@ def test_smollm2_per_tensor_rtn_needs_more_than_the_super_weight(smollm2, smollm
 
     model = smollm2.model
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    windows = tokenize_corpus(
-        smollm2.tokenizer, load_text("wikitext2", data_dir), seq_len=256, max_tokens=256
-    )
+    windows = tokenize_corpus(smollm2.tokenizer, load_text("wikitext2", data_dir), seq_len=256, max_tokens=256)
     protection = Protection.from_scan(model, smollm2_scan)
     assert protection.weights, "the scan found no super weight to protect"
     linears = select_linears(model)

@@ -94,6 +94,22 @@ class Plant:
     expert: int | None = None
 
 
+def planted(cls: str = "LlamaForCausalLM", where: Plant | None = None):
+    """A tiny model of ``cls`` with a super weight planted (default: layer 1, [5, 17]), and its tokenizer."""
+    tok = byte_tokenizer()
+    model = tiny_model(cls)
+    plant(model, tok, where or Plant(layer=1, row=5, col=17))
+    return model, tok
+
+
+def save_planted(path, cls: str = "LlamaForCausalLM", where: Plant | None = None):
+    """The same, saved as a Hugging Face folder (safetensors + tokenizer) at ``path``."""
+    model, tok = planted(cls, where)
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
 def tiny_model(cls: str, seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
     config = CONFIGS[cls]()
