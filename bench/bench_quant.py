@@ -60,9 +60,7 @@ def main() -> None:
         f"{opts.model}: {params / 1e6:.1f} M quantized weights, unquantized ppl {base:.3f} ({test.tokens} "
         f"tokens), calibration capture {calib_s:.1f} s, {torch.get_num_threads()} threads"
     )
-    print(
-        f"{'method':<14}{'block':>8}{'s/Gparam':>10}{'time x':>8}{'bits/w':>8}{'ppl':>10}{'gap x naive':>13}"
-    )
+    print(f"{'method':<14}{'block':>8}{'s/Gparam':>10}{'time x':>8}{'bits/w':>8}{'ppl':>10}{'gap x naive':>13}")
     with WeightSnapshot(linears) as snap:
         for block in [parse_block(b) for b in opts.blocks.split(",")]:
             naive_gap = naive_s = None

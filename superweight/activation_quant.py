@@ -124,9 +124,7 @@ def smoothing_factors(
     factors: dict[str, torch.Tensor] = {}
     for names in groups.values():
         w_max = torch.stack([linear_weight(modules[n]).abs().amax(0).float() for n in names]).amax(0)
-        s = (act_max[names[0]].clamp_min(1e-5).pow(alpha) / w_max.clamp_min(1e-5).pow(1 - alpha)).clamp_min(
-            1e-5
-        )
+        s = (act_max[names[0]].clamp_min(1e-5).pow(alpha) / w_max.clamp_min(1e-5).pow(1 - alpha)).clamp_min(1e-5)
         for n in names:
             factors[n] = s
     return factors
@@ -146,13 +144,9 @@ def w8a8(
     from superweight.capture import hooks
 
     if method not in ACT_METHODS:
-        raise QuantizationError(
-            f"unknown activation method {method!r}; choose one of {', '.join(ACT_METHODS)}"
-        )
+        raise QuantizationError(f"unknown activation method {method!r}; choose one of {', '.join(ACT_METHODS)}")
     if method == "smoothquant" and smoothing is None:
-        raise QuantizationError(
-            "smoothquant needs smoothing factors: call smoothing_factors() on calibration text"
-        )
+        raise QuantizationError("smoothquant needs smoothing factors: call smoothing_factors() on calibration text")
     held = held or {}
     report = ActReport(method, held_channels=dict(held) if method == "sa" else {})
 

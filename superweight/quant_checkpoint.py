@@ -42,9 +42,7 @@ def save_checkpoint(out_dir: str | Path, lm: LoadedModel, report: QuantReport) -
     from safetensors.torch import save_file
 
     if not report.tensors:
-        raise QuantizationError(
-            "nothing to save: the quantization was not kept (apply_quantization(keep=True))"
-        )
+        raise QuantizationError("nothing to save: the quantization was not kept (apply_quantization(keep=True))")
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise QuantizationError(f"--save {out} exists and is not a folder")
@@ -106,9 +104,7 @@ def read_quantized(path: str | Path) -> dict[str, tuple[torch.Tensor, QuantMeta]
 
     file = Path(path) / "quantized.safetensors" if Path(path).is_dir() else Path(path)
     if not file.is_file():
-        raise QuantizationError(
-            f"{file} does not exist: not a checkpoint written by superweight quantize --save"
-        )
+        raise QuantizationError(f"{file} does not exist: not a checkpoint written by superweight quantize --save")
     with safe_open(str(file), framework="pt") as fh:
         meta = fh.metadata() or {}
         if meta.get("format") != FORMAT:
@@ -160,9 +156,7 @@ def load_quantized_model(path: str | Path) -> LoadedModel:
     model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype))
     _, unexpected = model.load_state_dict(load_file(str(folder / "rest.safetensors")), strict=False)
     if unexpected:
-        raise QuantizationError(
-            f"{folder}: rest.safetensors has tensors this model does not ({unexpected[0]})"
-        )
+        raise QuantizationError(f"{folder}: rest.safetensors has tensors this model does not ({unexpected[0]})")
     modules = dict(model.named_modules())
     with torch.no_grad():
         for name, (codes, meta) in read_quantized(folder).items():

@@ -93,9 +93,7 @@ def select_linears(model: nn.Module, modules: str | None = None) -> list[tuple[s
     if not modules:
         return layers
     patterns = [p.strip() for p in modules.split(",") if p.strip()]
-    chosen = [
-        (n, m) for n, m in layers if any(fnmatch.fnmatchcase(n, p) or n.endswith("." + p) for p in patterns)
-    ]
+    chosen = [(n, m) for n, m in layers if any(fnmatch.fnmatchcase(n, p) or n.endswith("." + p) for p in patterns)]
     if not chosen:
         raise QuantizationError(
             f"--modules {modules!r} matched no decoder linear; names look like {layers[0][0]!r} "

@@ -262,9 +262,7 @@ def quantize(
     if exclude is not None and bool(exclude.any()):
         index = exclude.flatten().nonzero().flatten().cpu()
         values = weight.detach().flatten()[index.to(weight.device)].clone().cpu()
-    meta = QuantMeta(
-        config, shape, weight.dtype, scale.cpu(), None if offset is None else offset.cpu(), index, values
-    )
+    meta = QuantMeta(config, shape, weight.dtype, scale.cpu(), None if offset is None else offset.cpu(), index, values)
     return codes, meta
 
 
