@@ -84,12 +84,13 @@ for _adapter in (
     Adapter("gpt-j", ("GPTJForCausalLM",), "transformer.h", "mlp.fc_out"),
     Adapter("mixtral", ("MixtralForCausalLM",), "model.layers", None, experts="mlp.experts"),
     Adapter(
-        "qwen-moe",
-        ("Qwen2MoeForCausalLM", "Qwen3MoeForCausalLM"),
+        "qwen2-moe",  # routed experts plus one shared expert
+        ("Qwen2MoeForCausalLM",),
         "model.layers",
         "mlp.shared_expert.down_proj",
         experts="mlp.experts",
     ),
+    Adapter("qwen3-moe", ("Qwen3MoeForCausalLM",), "model.layers", None, experts="mlp.experts"),
 ):
     register_adapter(_adapter)
 

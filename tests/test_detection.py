@@ -11,7 +11,7 @@ from tiny import CONFIGS, PROBE, PROMPTS, Plant, byte_tokenizer, plant, tiny_mod
 
 from superweight.detection import DetectionConfig, ScanResult, find_super_weights, robust_z
 
-MOE = {"MixtralForCausalLM", "Qwen2MoeForCausalLM"}
+MOE = {"MixtralForCausalLM", "Qwen2MoeForCausalLM", "Qwen3MoeForCausalLM"}
 # Random tiny models only depend on position 0 through the planted path, so the loss effect is small.
 TINY = DetectionConfig(min_loss_increase=0.02, probe_text=PROBE)
 

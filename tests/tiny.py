@@ -60,6 +60,9 @@ CONFIGS = {
     "GPTJForCausalLM": lambda: T.GPTJConfig(vocab_size=256, n_embd=HIDDEN, n_inner=INTER, n_layer=LAYERS, n_head=HEADS,
                                             rotary_dim=8, n_positions=128),
     "MixtralForCausalLM": lambda: T.MixtralConfig(**_base(num_local_experts=4, num_experts_per_tok=2)),
+    "Qwen3MoeForCausalLM": lambda: T.Qwen3MoeConfig(
+        **_base(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=INTER, head_dim=16)
+    ),
     "Qwen2MoeForCausalLM": lambda: T.Qwen2MoeConfig(**_base(num_experts=4, num_experts_per_tok=2,
                                                             moe_intermediate_size=INTER,
                                                             shared_expert_intermediate_size=INTER)),
@@ -81,7 +84,7 @@ UP = {
 def _up_for(cls: str) -> list[tuple[str, str]]:
     if cls == "Phi3ForCausalLM":
         return UP["PHI3"]
-    if cls in ("MixtralForCausalLM", "Qwen2MoeForCausalLM"):
+    if cls in ("MixtralForCausalLM", "Qwen2MoeForCausalLM", "Qwen3MoeForCausalLM"):
         return UP["MOE"]
     return UP.get(cls, UP["GATED"])
 
