@@ -191,8 +191,7 @@ class ScanResult:
 
 def weight_refs(model: nn.Module, weights: list[SuperWeight], down_proj: str | None = None) -> list[WeightRef]:
     """Turn reported coordinates back into references on a loaded model (for interventions)."""
-    sites = down_projections(model, down_proj)
-    return [WeightRef(find_down_proj(sites, w.module), w.row, w.col) for w in weights]
+    return weight_refs_from_sites(down_projections(model, down_proj), weights)
 
 
 # --- spike statistics ---------------------------------------------------------------------------

@@ -29,6 +29,12 @@ if TYPE_CHECKING:
 PAPER_TASKS = ("arc_challenge", "arc_easy", "hellaswag", "lambada_openai", "piqa", "sciq", "winogrande")
 
 
+def parse_tasks(text: str) -> list[str]:
+    """``--tasks a,b`` as a list; ``paper`` stands for the paper's seven."""
+    tasks = [t.strip() for t in text.split(",") if t.strip()]
+    return list(PAPER_TASKS) if tasks == ["paper"] else tasks
+
+
 @dataclass(frozen=True)
 class LocalTask:
     builtin: str  # harness YAML, relative to lm_eval/tasks

@@ -47,11 +47,9 @@ def add_eval_args(parser: argparse.ArgumentParser) -> None:
 def settings_from_args(args: argparse.Namespace) -> Settings:
     from superweight.errors import SuperweightError
     from superweight.experiments import Settings
-    from superweight.zeroshot import PAPER_TASKS
+    from superweight.zeroshot import parse_tasks
 
-    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
-    if tasks == ["paper"]:
-        tasks = list(PAPER_TASKS)
+    tasks = parse_tasks(args.tasks)
     sources = tuple(s.strip() for s in args.data.split(",") if s.strip())
     if not sources:
         raise SuperweightError("--data names no source; give e.g. --data wikitext2")

@@ -144,10 +144,9 @@ def _windows(lm: LoadedModel, args: argparse.Namespace, split: str, tokens: int)
 
 
 def _task_names(args: argparse.Namespace) -> list[str]:
-    from superweight.zeroshot import PAPER_TASKS
+    from superweight.zeroshot import parse_tasks
 
-    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
-    return list(PAPER_TASKS) if tasks == ["paper"] else tasks
+    return parse_tasks(args.tasks)
 
 
 def _accuracy(suite: Any, limit: int | None, desc: str) -> dict[str, float | None]:
