@@ -25,11 +25,11 @@ def main() -> None:
     import torch
 
     from superweight import find_super_weights, load_model
-    from superweight.conditions import measure_conditions
-    from superweight.evaluation import load_text, perplexity_on_ids, tokenize_corpus
-    from superweight.experiments import _sa_probe, build_conditions
+    from superweight.measure.conditions import measure_conditions
+    from superweight.measure.experiments import _sa_probe, build_conditions
+    from superweight.measure.perplexity import load_text, perplexity_on_ids, tokenize_corpus
     from superweight.progress import set_quiet
-    from superweight.tables import format_table
+    from superweight.report.tables import format_table
 
     set_quiet(True)
     lm = load_model(args.model)
@@ -73,8 +73,8 @@ def main() -> None:
         full.update(measure_conditions(lm.model, windows, [c], probe=probe, reuse=False))
     t_full = time.perf_counter() - start
     worst = max(abs(reused[n].nll - full[n].nll) for n in full)
-    from superweight.conditions import Condition
-    from superweight.detection import weight_refs
+    from superweight.detect.detection import weight_refs
+    from superweight.measure.conditions import Condition
 
     refs = weight_refs(lm.model, scan.super_weights)
     sweep = [Condition(f"alpha={a}", refs, alpha=a) for a in (0, 0.2, 0.5, 1, 1.5, 2, 3)]

@@ -31,7 +31,7 @@ def raw_sha(files: list[Path]) -> None:
 
 
 def default_models() -> list[str]:
-    from superweight.loading import ALIASES, DEFAULT_MODEL, _alias_file, _gguf_cache_dir
+    from superweight.model.loading import ALIASES, DEFAULT_MODEL, _alias_file, _gguf_cache_dir
 
     models = [DEFAULT_MODEL]
     if DEFAULT_MODEL in ALIASES:
@@ -45,8 +45,8 @@ def fast_entries(mf) -> list[dict]:
     """Super-weight-like entries (the largest |w| of the first down-projection), as a manifest holds them."""
     import numpy as np
 
-    from superweight.checkpoint_diff import read_tensor
-    from superweight.manifest import read_element
+    from superweight.guard.diff import read_tensor
+    from superweight.guard.manifest import read_element
 
     span = next(s for s in mf.spans if "down" in s.name)
     w = read_tensor(span)
@@ -62,8 +62,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
 
-    from superweight.integrity import hash_files, resolve_model_files
-    from superweight.verification import check_super_weight_bytes
+    from superweight.guard.hashing import hash_files, resolve_model_files
+    from superweight.guard.verify import check_super_weight_bytes
 
     print(f"{'model':<34} {'MB':>7} {'variant':<38} {'GB/s':>6} {'x hashlib':>9}")
     for spec in args.models or default_models():

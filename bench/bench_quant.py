@@ -30,9 +30,9 @@ def main() -> None:
     import torch
 
     from superweight import find_super_weights, load_model
-    from superweight.evaluation import load_text, perplexity_on_ids, tokenize_corpus
+    from superweight.measure.perplexity import load_text, perplexity_on_ids, tokenize_corpus
     from superweight.progress import set_quiet
-    from superweight.quant_methods import (
+    from superweight.quant.methods import (
         Protection,
         WeightSnapshot,
         apply_quantization,
@@ -40,7 +40,7 @@ def main() -> None:
         parse_method,
         select_linears,
     )
-    from superweight.quantization import QuantConfig, parse_block
+    from superweight.quant.rtn import QuantConfig, parse_block
 
     set_quiet(True)
     lm = load_model(opts.model)

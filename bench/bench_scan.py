@@ -17,7 +17,7 @@ def bare(spec: str) -> float:
     code = (
         "import torch, time\n"
         "from superweight import load_model\n"
-        "from superweight.detection import DEFAULT_PROMPTS\n"
+        "from superweight.detect.detection import DEFAULT_PROMPTS\n"
         f"lm = load_model({spec!r})\n"
         "with torch.no_grad():\n"
         "    for p in DEFAULT_PROMPTS: lm.model(lm.tokenizer(p, return_tensors='pt').input_ids)\n"

@@ -26,7 +26,7 @@ SHOWN = ("scan_max_activations", "scan_residual")  # the two figures the README 
 def scan_payload(model_spec: str) -> dict:
     """What `superweight scan MODEL --out DIR` writes, plus the rows the heat map needs."""
     from superweight import find_super_weights, load_model
-    from superweight.figures import super_weight_rows
+    from superweight.report.figures import super_weight_rows
 
     lm = load_model(model_spec)
     result = find_super_weights(lm.model, lm.tokenizer, model_name=lm.spec)
@@ -38,8 +38,8 @@ def scan_payload(model_spec: str) -> dict:
 
 def block(payload: dict, prefix: str, command: str) -> str:
     """Markdown: each shown figure with its caption, then the sentences of the report."""
-    from superweight.explain import captions, summary
-    from superweight.figures import FIGURES
+    from superweight.report.explain import captions, summary
+    from superweight.report.figures import FIGURES
 
     titles = {spec.name: spec.title for spec in FIGURES["scan"]}
     texts = captions("scan", payload)
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--docs", type=Path, default=REPO / "docs")
     args = parser.parse_args(argv)
 
-    from superweight.runs import write_run
+    from superweight.report.runs import write_run
 
     payload = scan_payload(args.model)
     with tempfile.TemporaryDirectory() as tmp:

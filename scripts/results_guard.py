@@ -36,9 +36,9 @@ def main() -> int:
     args = parser.parse_args()
 
     from superweight import find_super_weights, load_model
-    from superweight.attacks import contrast_attacks, simulate_attacks
-    from superweight.manifest import fingerprint, load_manifest, save_manifest
-    from superweight.verification import verify_model
+    from superweight.guard.attacks import contrast_attacks, simulate_attacks
+    from superweight.guard.manifest import fingerprint, load_manifest, save_manifest
+    from superweight.guard.verify import verify_model
 
     lm = load_model(args.model)
     scan = find_super_weights(lm.model, lm.tokenizer, model_name=lm.spec)

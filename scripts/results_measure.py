@@ -34,8 +34,8 @@ def main() -> None:
     from superweight.cli.ablate import render as render_ablate
     from superweight.cli.scale import draw, parse_alphas
     from superweight.cli.scale import render as render_scale
-    from superweight.experiments import Settings, run_ablation, run_scaling
-    from superweight.runs import write_run
+    from superweight.measure.experiments import Settings, run_ablation, run_scaling
+    from superweight.report.runs import write_run
 
     lm = load_model(args.model)
     scan = find_super_weights(lm.model, lm.tokenizer, model_name=lm.spec)

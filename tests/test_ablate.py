@@ -11,10 +11,10 @@ import torch
 from conftest import assert_one_line_error, assert_state_equal
 from tiny import PROBE, PROMPTS, Plant, save_planted, tiny_model
 
-from superweight.architectures import down_projections, layerwise_classes
-from superweight.conditions import Condition, Probe, measure_conditions, supports_reuse
-from superweight.experiments import Settings, run_ablation, run_scaling
-from superweight.interventions import WeightRef, random_k_refs, top_k_refs
+from superweight.measure.conditions import Condition, Probe, measure_conditions, supports_reuse
+from superweight.measure.experiments import Settings, run_ablation, run_scaling
+from superweight.model.architectures import down_projections, layerwise_classes
+from superweight.model.interventions import WeightRef, random_k_refs, top_k_refs
 
 
 def conditions_for(model) -> tuple[list[Condition], Probe]:

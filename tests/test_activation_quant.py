@@ -6,16 +6,16 @@ import pytest
 import torch
 from tiny import PROBE, PROMPTS, Plant, planted
 
-from superweight.activation_quant import (
+from superweight.detect.detection import DetectionConfig, find_super_weights
+from superweight.errors import QuantizationError
+from superweight.quant.methods import select_linears
+from superweight.quant.w8a8 import (
     held_channels,
     quantize_int8_per_tensor,
     quantize_int8_per_token,
     smoothing_factors,
     w8a8,
 )
-from superweight.detection import DetectionConfig, find_super_weights
-from superweight.errors import QuantizationError
-from superweight.quant_methods import select_linears
 
 PLANT = Plant(layer=1, row=5, col=17)
 

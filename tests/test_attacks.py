@@ -8,10 +8,10 @@ import pytest
 from conftest import assert_state_equal
 from tiny import byte_tokenizer, tiny_model
 
-from superweight.attacks import AttackSpec, attacked, select_targets, simulate_attacks
-from superweight.detection import SuperWeight
+from superweight.detect.detection import SuperWeight
 from superweight.errors import SuperweightError
-from superweight.integrity import hash_memory
+from superweight.guard.attacks import AttackSpec, attacked, select_targets, simulate_attacks
+from superweight.guard.hashing import hash_memory
 
 
 @pytest.fixture(scope="module")

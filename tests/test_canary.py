@@ -8,8 +8,8 @@ import pytest
 import torch
 from tiny import byte_tokenizer, tiny_model
 
-from superweight.canary import Canary, CanaryTolerance, compare_canary, run_canary
 from superweight.errors import SuperweightError
+from superweight.guard.canary import Canary, CanaryTolerance, compare_canary, run_canary
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +51,8 @@ def test_bad_inputs():
 
 @pytest.mark.slow
 def test_real_model_bf16_copy_passes_and_zeroed_super_weight_fails(smollm2, smollm2_scan):
-    from superweight.detection import weight_refs
-    from superweight.interventions import zeroed
+    from superweight.detect.detection import weight_refs
+    from superweight.model.interventions import zeroed
 
     sa = max(smollm2_scan.super_activations, key=lambda a: abs(a.value))
     ref = run_canary(smollm2.model, smollm2.tokenizer, sa.channel)

@@ -9,7 +9,7 @@ import torch
 from conftest import assert_state_equal
 from tiny import CONFIGS, PROBE, PROMPTS, Plant, byte_tokenizer, plant, tiny_model
 
-from superweight.detection import DetectionConfig, ScanResult, find_super_weights, robust_z
+from superweight.detect.detection import DetectionConfig, ScanResult, find_super_weights, robust_z
 
 MOE = {"MixtralForCausalLM", "Qwen2MoeForCausalLM", "Qwen3MoeForCausalLM"}
 # Random tiny models only depend on position 0 through the planted path, so the loss effect is small.

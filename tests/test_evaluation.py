@@ -11,7 +11,7 @@ import torch
 from tiny import byte_tokenizer, tiny_model
 
 from superweight.errors import DataError
-from superweight.evaluation import (
+from superweight.measure.perplexity import (
     kl_divergence,
     load_text,
     next_token_logprobs,
@@ -20,7 +20,7 @@ from superweight.evaluation import (
     tokenize_corpus,
     wikitext_rows,
 )
-from superweight.interventions import WeightRef, scaled
+from superweight.model.interventions import WeightRef, scaled
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +136,7 @@ def test_kl_divergence_is_zero_for_the_same_model_and_positive_after_an_edit(tin
     ref = next_token_logprobs(model, ids)
     same = kl_divergence(ref, model, ids)
     assert same.mean == 0.0 and same.same_top_p == 1.0 and same.tokens == 48
-    from superweight.architectures import down_projections
+    from superweight.model.architectures import down_projections
 
     site = down_projections(model)[0]
     refs = [WeightRef(site, r, c) for r in range(8) for c in range(8)]

@@ -11,7 +11,7 @@ import math
 import numpy as np
 import pytest
 
-from superweight.figures import (
+from superweight.report.figures import (
     FIGURES,
     draw_all,
     marked_layers,
@@ -21,7 +21,7 @@ from superweight.figures import (
     scan_row_heatmap,
     super_weight_rows,
 )
-from superweight.figures_eval import (
+from superweight.report.figures_eval import (
     ablate_metrics,
     ablate_super_activation,
     ablate_token_shift,
@@ -31,7 +31,7 @@ from superweight.figures_eval import (
     quantize_pareto,
     scale_curve,
 )
-from superweight.plot_base import CANDIDATE_GID, MARK_GID, MissingData
+from superweight.report.style import CANDIDATE_GID, MARK_GID, MissingData
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +80,7 @@ def test_scan_residual_draws_the_super_activation(scan_payload, smollm2_scan):
 
 
 def test_row_heatmap_shows_the_model_row_and_circles_the_super_weight(scan_payload, smollm2, smollm2_scan):
-    from superweight.detection import weight_refs
+    from superweight.detect.detection import weight_refs
 
     sw = smollm2_scan.super_weights[0]
     ref = weight_refs(smollm2.model, [sw])[0]
@@ -277,7 +277,7 @@ def test_every_command_has_a_registry_entry():
 
 
 def test_marked_layers_reads_only_marks():
-    from superweight.plot_base import mark_layers, new_figure, style
+    from superweight.report.style import mark_layers, new_figure, style
 
     with style():
         fig = new_figure()

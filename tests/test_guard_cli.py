@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from superweight.cli.main import main
-from superweight.integrity import resolve_model_files
+from superweight.guard.hashing import resolve_model_files
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,7 @@ def one_error_line(capsys, *needles: str) -> str:
 def test_fingerprint_then_verify_then_a_flipped_bit(work, capsys):
     model, manifest = work
     data = json.loads(manifest.read_text())
-    assert data["schema"] == "superweight.manifest" and len(data["tensors"]) == 39
+    assert data["schema"] == "superweight.guard.manifest" and len(data["tensors"]) == 39
     assert main(["verify", str(model), str(manifest), "-q"]) == 0
     assert "OK" in capsys.readouterr().out
     span = resolve_model_files(str(model)).span("model.layers.2.mlp.down_proj.weight")
@@ -64,7 +64,7 @@ def test_fingerprint_then_verify_then_a_flipped_bit(work, capsys):
 def test_bad_manifests_and_models_are_one_line_errors(work, tmp_path, capsys):
     model, manifest = work
     bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps({"schema": "superweight.manifest", "schema_version": 1}))
+    bad.write_text(json.dumps({"schema": "superweight.guard.manifest", "schema_version": 1}))
     assert main(["verify", str(model), str(bad)]) == 2
     one_error_line(capsys, "lacks")
     assert main(["verify", str(model), str(manifest), "--fast"]) == 2

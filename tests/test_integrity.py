@@ -13,14 +13,14 @@ import pytest
 import torch
 
 from superweight.errors import ManifestError
-from superweight.integrity import (
+from superweight.guard.hashing import (
     CorruptModelError,
     count_nonfinite,
     hash_files,
     hash_memory,
     resolve_model_files,
 )
-from superweight.manifest import (
+from superweight.guard.manifest import (
     SignatureError,
     build_manifest,
     check_signature,
@@ -30,7 +30,7 @@ from superweight.manifest import (
     save_manifest,
     sign_manifest,
 )
-from superweight.verification import verify_model
+from superweight.guard.verify import verify_model
 
 
 def tiny_llama(seed: int = 0, layers: int = 4, hidden: int = 64):

@@ -7,10 +7,10 @@ import torch
 from conftest import assert_state_equal
 from tiny import PROBE, Plant, byte_tokenizer, plant, tiny_model
 
-from superweight.architectures import down_projections, linear_layers
-from superweight.conditions import Condition
 from superweight.errors import SuperweightError
-from superweight.interventions import (
+from superweight.measure.conditions import Condition
+from superweight.model.architectures import down_projections, linear_layers
+from superweight.model.interventions import (
     WeightRef,
     first_layer,
     random_k_refs,

@@ -9,9 +9,9 @@ import torch
 import transformers as T
 from tiny import byte_tokenizer, tiny_model
 
-from superweight.architectures import down_projections
 from superweight.errors import ModelNotFoundError, UnsupportedArchitectureError
-from superweight.loading import ALIASES, load_model
+from superweight.model.architectures import down_projections
+from superweight.model.loading import ALIASES, load_model
 
 
 def save_tiny(path, cls="LlamaForCausalLM", safe=True):

@@ -6,9 +6,9 @@ import pytest
 import torch
 from tiny import PROBE, PROMPTS, Plant, planted
 
-from superweight.architectures import down_projections
 from superweight.errors import QuantizationError
-from superweight.quant_methods import (
+from superweight.model.architectures import down_projections
+from superweight.quant.methods import (
     Protection,
     WeightSnapshot,
     apply_quantization,
@@ -19,7 +19,7 @@ from superweight.quant_methods import (
     quantize_tensor,
     select_linears,
 )
-from superweight.quantization import QuantConfig
+from superweight.quant.rtn import QuantConfig
 
 PLANT = Plant(layer=1, row=5, col=17)
 
@@ -169,7 +169,7 @@ def test_smollm2_per_tensor_rtn_needs_more_than_the_super_weight(smollm2, smollm
     does not rescue it, the top 0.5% outliers do; weights come back bit-exactly."""
     from conftest import assert_state_equal
 
-    from superweight.evaluation import load_text, perplexity_on_ids, tokenize_corpus
+    from superweight.measure.perplexity import load_text, perplexity_on_ids, tokenize_corpus
 
     model = smollm2.model
     state = {k: v.clone() for k, v in model.state_dict().items()}

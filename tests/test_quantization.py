@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from superweight.errors import QuantizationError
-from superweight.quantization import (
+from superweight.quant.rtn import (
     QuantConfig,
     dequantize,
     fake_quantize,

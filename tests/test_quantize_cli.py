@@ -9,18 +9,18 @@ import torch
 from tiny import PROBE, PROMPTS, Plant, byte_tokenizer, plant, tiny_model
 
 from superweight.cli.main import main
-from superweight.detection import DetectionConfig, find_super_weights
+from superweight.detect.detection import DetectionConfig, find_super_weights
 from superweight.io import write_json
-from superweight.loading import LoadedModel
-from superweight.quant_checkpoint import load_quantized_model, read_quantized, save_checkpoint
-from superweight.quant_methods import (
+from superweight.model.loading import LoadedModel
+from superweight.quant.checkpoint import load_quantized_model, read_quantized, save_checkpoint
+from superweight.quant.methods import (
     Protection,
     WeightSnapshot,
     apply_quantization,
     parse_method,
     select_linears,
 )
-from superweight.quantization import QuantConfig, dequantize
+from superweight.quant.rtn import QuantConfig, dequantize
 
 PLANT = Plant(layer=1, row=5, col=17)
 

@@ -161,8 +161,8 @@ def not_blank(pixels: np.ndarray) -> bool:
 
 @pytest.fixture(scope="module")
 def report_dir(tmp_path_factory, smollm2, smollm2_scan):
-    from superweight.figures import super_weight_rows
-    from superweight.runs import write_run
+    from superweight.report.figures import super_weight_rows
+    from superweight.report.runs import write_run
 
     payload = smollm2_scan.to_dict()
     payload["row_values"] = super_weight_rows(smollm2.model, payload["super_weights"])

@@ -11,10 +11,10 @@ import pytest
 
 from superweight.cli.main import main
 from superweight.errors import SuperweightError
-from superweight.explain import summary
-from superweight.figures import super_weight_rows
-from superweight.reporting import build_report, read_run, report_html
-from superweight.runs import write_run
+from superweight.report.explain import summary
+from superweight.report.figures import super_weight_rows
+from superweight.report.html import build_report, read_run, report_html
+from superweight.report.runs import write_run
 
 SCAN_FIGURES = ("scan_max_activations", "scan_residual", "scan_row_heatmap")
 
@@ -134,12 +134,12 @@ def test_bad_run_folders_are_one_line_errors(tmp_path, capsys, setup, message):
 
 
 def test_write_run_keeps_results_when_the_report_fails(tmp_path, capsys, monkeypatch):
-    import superweight.reporting
+    import superweight.report.html
 
     def broken(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(superweight.reporting, "build_report", broken)
+    monkeypatch.setattr(superweight.report.html, "build_report", broken)
     out = write_run(tmp_path / "run", "scan", {"model": "m"})
     assert json.loads((out / "results.json").read_text()) == {"command": "scan", "model": "m"}
     err = capsys.readouterr().err

@@ -8,7 +8,7 @@ import pytest
 from conftest import assert_state_equal
 
 from superweight.errors import DataError
-from superweight.zeroshot import LOCAL_TASKS, TaskSuite, local_docs, plan_tasks
+from superweight.measure.zeroshot import LOCAL_TASKS, TaskSuite, local_docs, plan_tasks
 
 COUNTS = {"arc_easy": 2376, "arc_challenge": 1172, "hellaswag": 10042, "lambada_openai": 5153, "piqa": 1838,
           "winogrande": 1267, "boolq": 3270}  # fmt: skip
@@ -71,8 +71,8 @@ def test_missing_data_offline_is_skipped_with_a_reason(data_dir, tmp_path, monke
 
 @pytest.mark.slow
 def test_harness_accuracy_on_smollm2_from_local_files(smollm2, smollm2_scan, smollm2_state, data_dir, monkeypatch):
-    from superweight.detection import weight_refs
-    from superweight.interventions import zeroed
+    from superweight.detect.detection import weight_refs
+    from superweight.model.interventions import zeroed
 
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     model, tok = smollm2.model, smollm2.tokenizer

@@ -129,7 +129,7 @@ def _get(root, path):
 
 def _stop_writes_to_direction_0(model: torch.nn.Module) -> None:
     """No layer writes into residual direction 0, so only the trigger token ever carries it."""
-    from superweight.architectures import decoder_layers
+    from superweight.model.architectures import decoder_layers
 
     hidden = model.get_input_embeddings().weight.shape[1]
     for name, p in decoder_layers(model).named_parameters():
@@ -144,7 +144,7 @@ def _stop_writes_to_direction_0(model: torch.nn.Module) -> None:
 @torch.no_grad()
 def plant(model: torch.nn.Module, tokenizer, plant: Plant, gain: float = 4.0, weight: float = 2.0) -> None:
     """Make input channel ``col`` of layer ``plant.layer`` fire on the trigger token, and plant weight[row, col]."""
-    from superweight.architectures import decoder_layers, down_projections
+    from superweight.model.architectures import decoder_layers, down_projections
 
     cls = type(model).__name__
     trigger = tokenizer.convert_tokens_to_ids(tokenizer.tokenize(TRIGGER))[0]

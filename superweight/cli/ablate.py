@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from superweight.cli.common import add_model_args, add_output_args, emit, load_from_args
 
 if TYPE_CHECKING:
-    from superweight.experiments import Settings
+    from superweight.measure.experiments import Settings
 
 EXAMPLES = """examples:
   superweight ablate --data-dir ../shared/data --max-tokens 16384
@@ -46,8 +46,8 @@ def add_eval_args(parser: argparse.ArgumentParser) -> None:
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
     from superweight.errors import SuperweightError
-    from superweight.experiments import Settings
-    from superweight.zeroshot import parse_tasks
+    from superweight.measure.experiments import Settings
+    from superweight.measure.zeroshot import parse_tasks
 
     tasks = parse_tasks(args.tasks)
     sources = tuple(s.strip() for s in args.data.split(",") if s.strip())
@@ -61,8 +61,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         if value is not None and value < 1:
             raise SuperweightError(f"{name} must be a positive number (got {value})")
     # fail on bad input now, not after minutes of loading and evaluating
-    from superweight.evaluation import SOURCES, load_text, resolve_data_dir
-    from superweight.zeroshot import ALL_TASKS
+    from superweight.measure.perplexity import SOURCES, load_text, resolve_data_dir
+    from superweight.measure.zeroshot import ALL_TASKS
 
     resolve_data_dir(args.data_dir)
     for source in sources:
@@ -90,7 +90,7 @@ def scan_from_args(args: argparse.Namespace, lm: Any) -> Any:
     """The super weights: from ``--scan FILE`` when given, else detected now."""
     import json
 
-    from superweight.detection import ScanResult, find_super_weights
+    from superweight.detect.detection import ScanResult, find_super_weights
     from superweight.errors import SuperweightError
     from superweight.progress import log
 
@@ -139,7 +139,7 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from superweight.errors import SuperweightError
-    from superweight.experiments import CONDITIONS, run_ablation
+    from superweight.measure.experiments import CONDITIONS, run_ablation
 
     settings = settings_from_args(args)
     names = [n.strip() for n in args.conditions.split(",") if n.strip()]
@@ -156,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def render(payload: dict[str, Any]) -> str:
-    from superweight.tables import format_table
+    from superweight.report.tables import format_table
 
     conditions = payload["conditions"]
     sources = list(dict.fromkeys(s for c in conditions for s in c["perplexity"]))

@@ -16,7 +16,7 @@ files are never touched: every edit is in memory and restored bit-exactly (check
 
 
 def register(sub: Any) -> None:
-    from superweight.attacks import BITS, KINDS, TARGETS
+    from superweight.guard.attacks import BITS, KINDS, TARGETS
 
     p = sub.add_parser(
         "attack",
@@ -43,8 +43,8 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from superweight.attacks import AttackSpec, contrast_attacks, simulate_attacks
     from superweight.errors import SuperweightError
+    from superweight.guard.attacks import AttackSpec, contrast_attacks, simulate_attacks
 
     if args.contrast:
         attacks = contrast_attacks(args.seed)
@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def render(r: dict[str, Any]) -> str:
-    from superweight.tables import format_table
+    from superweight.report.tables import format_table
 
     head = f"{r['model']}: clean perplexity {r['clean_perplexity']:.2f} "
     head += f"on {r['eval_tokens']} WikiText-2 tokens\n"

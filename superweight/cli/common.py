@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from superweight.loading import LoadedModel
+    from superweight.model.loading import LoadedModel
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -40,7 +40,7 @@ def add_output_args(parser: argparse.ArgumentParser) -> None:
 
 
 def load_from_args(args: argparse.Namespace) -> LoadedModel:
-    from superweight.loading import load_model
+    from superweight.model.loading import load_model
     from superweight.progress import log
 
     lm = load_model(args.model, dtype=args.dtype, device=args.device, allow_pickle=args.allow_pickle)
@@ -58,7 +58,7 @@ def emit(
     from superweight.io import to_json
 
     if args.out is not None:
-        from superweight.runs import write_run
+        from superweight.report.runs import write_run
 
         run_dir = write_run(args.out, command, payload)
         print(f"wrote {run_dir / 'results.json'}", file=sys.stderr)

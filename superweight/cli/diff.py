@@ -35,11 +35,11 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from superweight.checkpoint_diff import diff_checkpoints
+    from superweight.guard.diff import diff_checkpoints
 
     super_weights = None
     if args.manifest is not None:
-        from superweight.manifest import load_manifest
+        from superweight.guard.manifest import load_manifest
 
         super_weights = load_manifest(args.manifest)["super_weights"]
     report = diff_checkpoints(args.model_a, args.model_b, super_weights=super_weights, activations=args.activations)
@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def render(r: dict[str, Any]) -> str:
-    from superweight.tables import format_table
+    from superweight.report.tables import format_table
 
     changed = [t for t in r["tensors"] if t["changed"] or t["rel_change"]]
     text = f"{r['model_a']} ({r['formats'][0]}) vs {r['model_b']} ({r['formats'][1]}): "

@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from superweight.errors import SuperweightError
-    from superweight.manifest import _load_key, fingerprint, generate_keypair, save_manifest
+    from superweight.guard.manifest import _load_key, fingerprint, generate_keypair, save_manifest
 
     if args.keygen is not None:
         private, public = generate_keypair(args.keygen)
@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
         _load_key(args.sign, private=True)  # fail on a bad key before minutes of work
     scan_result = None
     if args.scan_json is not None:
-        from superweight.detection import ScanResult
+        from superweight.detect.detection import ScanResult
 
         try:
             scan_result = ScanResult.from_dict(json.loads(args.scan_json.read_text()))
@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def render(p: dict[str, Any]) -> str:
-    from superweight.tables import format_table
+    from superweight.report.tables import format_table
 
     m = p["model"]
     lines = [

@@ -10,7 +10,7 @@ from superweight.cli.common import add_model_args, add_output_args, emit, load_f
 from superweight.errors import QuantizationError
 
 if TYPE_CHECKING:
-    from superweight.loading import LoadedModel
+    from superweight.model.loading import LoadedModel
 
 EXAMPLE = """examples:
   superweight quantize --bits 4 --block 128,channel --methods naive,sw,sw+clip,row,sparse:0.005
@@ -65,8 +65,8 @@ def _split(text: str) -> list[str]:
 
 def plan(args: argparse.Namespace) -> list[tuple[Any, Any]]:
     """Every (method, config) asked for, validated before the model is loaded."""
-    from superweight.quant_methods import check_combination, parse_method
-    from superweight.quantization import QuantConfig, parse_block
+    from superweight.quant.methods import check_combination, parse_method
+    from superweight.quant.rtn import QuantConfig, parse_block
 
     try:
         bits = [int(b) for b in _split(args.bits)]
@@ -80,7 +80,7 @@ def plan(args: argparse.Namespace) -> list[tuple[Any, Any]]:
     for method, config in runs:
         check_combination(method, config)
     if _task_names(args):  # unknown task names fail now, not after the model is loaded
-        from superweight.zeroshot import plan_tasks
+        from superweight.measure.zeroshot import plan_tasks
 
         plan_tasks(_task_names(args), args.data_dir)
     if args.save and len(runs) != 1:
@@ -93,7 +93,7 @@ def plan(args: argparse.Namespace) -> list[tuple[Any, Any]]:
 def _scan(lm: LoadedModel, args: argparse.Namespace) -> Any:
     import json
 
-    from superweight.detection import ScanResult, find_super_weights
+    from superweight.detect.detection import ScanResult, find_super_weights
     from superweight.progress import step
 
     if args.scan:
@@ -107,7 +107,7 @@ def _evaluate(model: Any, windows: Any, reference: Any) -> dict[str, Any]:
     """Perplexity and (with a reference) llama.cpp-style KL from one forward pass per window."""
     import torch
 
-    from superweight.evaluation import logits_of, token_losses
+    from superweight.measure.perplexity import logits_of, token_losses
     from superweight.progress import track
 
     total, count, kls, same = 0.0, 0, [], 0
@@ -137,14 +137,14 @@ def _evaluate(model: Any, windows: Any, reference: Any) -> dict[str, Any]:
 
 
 def _windows(lm: LoadedModel, args: argparse.Namespace, split: str, tokens: int) -> Any:
-    from superweight.evaluation import load_text, tokenize_corpus
+    from superweight.measure.perplexity import load_text, tokenize_corpus
 
     corpus = load_text("wikitext2", args.data_dir, split)
     return tokenize_corpus(lm.tokenizer, corpus, seq_len=args.seq_len, max_tokens=tokens, model=lm.model)
 
 
 def _task_names(args: argparse.Namespace) -> list[str]:
-    from superweight.zeroshot import parse_tasks
+    from superweight.measure.zeroshot import parse_tasks
 
     return parse_tasks(args.tasks)
 
@@ -161,7 +161,7 @@ def sweep(lm: LoadedModel, args: argparse.Namespace, runs: list[tuple[Any, Any]]
     with ExitStack() as stack:
         suite = None
         if _task_names(args):
-            from superweight.zeroshot import TaskSuite
+            from superweight.measure.zeroshot import TaskSuite
 
             suite = stack.enter_context(
                 TaskSuite(lm.model, lm.tokenizer, _task_names(args), data_dir=args.data_dir, batch_size=args.batch_size)
@@ -172,9 +172,9 @@ def sweep(lm: LoadedModel, args: argparse.Namespace, runs: list[tuple[Any, Any]]
 def _sweep(lm: LoadedModel, args: argparse.Namespace, runs: list[tuple[Any, Any]], suite: Any) -> dict[str, Any]:
     import torch
 
-    from superweight.evaluation import next_token_logprobs
+    from superweight.measure.perplexity import next_token_logprobs
     from superweight.progress import log
-    from superweight.quant_methods import (
+    from superweight.quant.methods import (
         Protection,
         WeightSnapshot,
         apply_quantization,
@@ -182,7 +182,7 @@ def _sweep(lm: LoadedModel, args: argparse.Namespace, runs: list[tuple[Any, Any]
         linear_weight,
         select_linears,
     )
-    from superweight.quantization import _group_size
+    from superweight.quant.rtn import _group_size
 
     linears = select_linears(lm.model, args.modules)
     for _, config in runs:  # a block longer than a row fails now, before minutes of work
@@ -214,7 +214,7 @@ def _sweep(lm: LoadedModel, args: argparse.Namespace, runs: list[tuple[Any, Any]
             log(f"{method.label} {config.bits}-bit {config.label}: ppl {row['perplexity']['wikitext2']:.3f}")
             results.append(row)
             if args.save:
-                from superweight.quant_checkpoint import save_checkpoint
+                from superweight.quant.checkpoint import save_checkpoint
 
                 saved = save_checkpoint(args.save, lm, report)
                 row["checkpoint"] = {"path": str(args.save), "bytes": saved["bytes"]}
@@ -234,7 +234,7 @@ def _sweep(lm: LoadedModel, args: argparse.Namespace, runs: list[tuple[Any, Any]
 
 
 def _w8a8(lm, linears, scan, windows, reference, calib_windows, alpha, suite, limit) -> list[dict[str, Any]]:
-    from superweight.activation_quant import held_channels, smoothing_factors, w8a8
+    from superweight.quant.w8a8 import held_channels, smoothing_factors, w8a8
 
     held = held_channels(linears, scan, int(lm.model.config.hidden_size))
     smoothing = smoothing_factors(lm.model, linears, calib_windows, alpha)
@@ -256,9 +256,9 @@ def _w8a8(lm, linears, scan, windows, reference, calib_windows, alpha, suite, li
 def _load(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from superweight.evaluation import next_token_logprobs
-    from superweight.loading import load_model
-    from superweight.quant_checkpoint import load_quantized_model
+    from superweight.measure.perplexity import next_token_logprobs
+    from superweight.model.loading import load_model
+    from superweight.quant.checkpoint import load_quantized_model
 
     qlm = load_quantized_model(args.load)
     manifest = qlm.extra["manifest"]

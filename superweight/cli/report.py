@@ -40,8 +40,8 @@ def run(args: argparse.Namespace) -> int:
     from superweight.errors import SuperweightError
     from superweight.io import to_json
     from superweight.progress import log, step
-    from superweight.reporting import build_report, compare_payload, read_run
-    from superweight.runs import write_run
+    from superweight.report.html import build_report, compare_payload, read_run
+    from superweight.report.runs import write_run
 
     loaded = [(path, *read_run(path)) for path in args.runs]
     if len(loaded) == 1:

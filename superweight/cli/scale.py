@@ -47,7 +47,7 @@ def parse_alphas(text: str) -> list[float]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from superweight.experiments import run_scaling
+    from superweight.measure.experiments import run_scaling
     from superweight.progress import log
 
     alphas = parse_alphas(args.alphas)
@@ -66,15 +66,15 @@ def run(args: argparse.Namespace) -> int:
 
 def draw(payload: dict[str, Any], path: Path) -> None:
     """The run folder's scale figure (reporting's, one drawing for both), written atomically."""
-    from superweight.figures import render as render_figure
-    from superweight.figures_eval import scale_curve
     from superweight.io import atomic_write_bytes
+    from superweight.report.figures import render as render_figure
+    from superweight.report.figures_eval import scale_curve
 
     atomic_write_bytes(path, render_figure(scale_curve(payload), "png"))
 
 
 def render(payload: dict[str, Any]) -> str:
-    from superweight.tables import format_table
+    from superweight.report.tables import format_table
 
     points = payload["points"]
     sources = list(dict.fromkeys(s for p in points for s in p["perplexity"]))

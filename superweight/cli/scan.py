@@ -38,7 +38,7 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from superweight.detection import DetectionConfig, find_super_weights
+    from superweight.detect.detection import DetectionConfig, find_super_weights
     from superweight.errors import SuperweightError
 
     config = DetectionConfig(
@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     payload = result.to_dict()
     payload["source"] = {"path": lm.path, "kind": lm.source, "dequantized_from": lm.dequantized_from}
     if payload["super_weights"]:
-        from superweight.figures import super_weight_rows
+        from superweight.report.figures import super_weight_rows
 
         payload["row_values"] = super_weight_rows(lm.model, payload["super_weights"], args.down_proj)
     emit(args, "scan", payload, render)
@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def render(payload: dict[str, Any]) -> str:
-    from superweight.tables import format_table
+    from superweight.report.tables import format_table
 
     headers = [
         "layer",
@@ -113,7 +113,7 @@ def render(payload: dict[str, Any]) -> str:
 
 def _evidence(payload: dict[str, Any]) -> str:
     """Why nothing was found: the layers that came closest."""
-    from superweight.tables import format_table
+    from superweight.report.tables import format_table
 
     top = sorted(payload["layers"], key=lambda s: -min(s["input_z"], s["output_z"]))[:5]
     stream = payload.get("residual_stream") or []

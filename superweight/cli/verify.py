@@ -36,8 +36,8 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from superweight.manifest import load_manifest
-    from superweight.verification import verify_model
+    from superweight.guard.manifest import load_manifest
+    from superweight.guard.verify import verify_model
 
     manifest = load_manifest(args.manifest)
     report = verify_model(
@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def render(r: dict[str, Any]) -> str:
-    from superweight.tables import format_table
+    from superweight.report.tables import format_table
 
     out = [f"{r['model']} against {r['manifest']}: {'OK' if r['ok'] else 'CHANGED'}"]
     out.append("checks: " + ", ".join(f"{k} {v}" for k, v in r["checks"].items()) + f"; signature {r['signature']}")

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from superweight.architectures import DownProj
+    from superweight.model.architectures import DownProj
 
 
 @dataclass

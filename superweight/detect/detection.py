@@ -28,10 +28,10 @@ from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
-from superweight.architectures import DownProj, architecture_name, down_projections, find_down_proj
-from superweight.capture import SiteActivations, capture_down_proj, capture_layer_outputs
 from superweight.errors import SuperweightError
-from superweight.interventions import WeightRef, zeroed
+from superweight.model.architectures import DownProj, architecture_name, down_projections, find_down_proj
+from superweight.model.capture import SiteActivations, capture_down_proj, capture_layer_outputs
+from superweight.model.interventions import WeightRef, zeroed
 from superweight.progress import log
 
 if TYPE_CHECKING:
@@ -327,8 +327,8 @@ def _layer_outputs(model: nn.Module, ids: torch.Tensor) -> list[torch.Tensor]:
     """The residual stream after each decoder layer, (tokens, hidden) each."""
     import torch
 
-    from superweight.architectures import decoder_layers
     from superweight.errors import UnsupportedArchitectureError
+    from superweight.model.architectures import decoder_layers
 
     with torch.no_grad():
         try:

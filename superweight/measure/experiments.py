@@ -1,6 +1,6 @@
 """Ablation and scaling runs: build the conditions, measure them with cached baselines, assemble results.
 
-The measuring itself (hidden-state reuse across conditions) is :mod:`superweight.conditions`.
+The measuring itself (hidden-state reuse across conditions) is :mod:`superweight.measure.conditions`.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from superweight.conditions import DEFAULT_BUDGET, Condition, Probe, measure_conditions
+from superweight.measure.conditions import DEFAULT_BUDGET, Condition, Probe, measure_conditions
 
 if TYPE_CHECKING:
     import torch
@@ -54,7 +54,7 @@ class Measured:
 
 
 def _sa_probe(model: nn.Module, scan: Any) -> Probe | None:
-    from superweight.architectures import down_projections, find_down_proj
+    from superweight.model.architectures import down_projections, find_down_proj
 
     if not scan.super_activations:
         return None
@@ -88,7 +88,7 @@ class BaselineCache:
     """The original model's results, per model weights + data + settings, under ``~/.cache/superweight``."""
 
     def __init__(self, enabled: bool = True) -> None:
-        from superweight.loading import cache_root
+        from superweight.model.loading import cache_root
 
         self.enabled = enabled
         self.root = cache_root() / "baselines"
@@ -159,7 +159,7 @@ def measure(
     """Every condition on every source and task; the original's numbers come from the cache when they can."""
     import math
 
-    from superweight.evaluation import PerplexityResult, load_text, tokenize_corpus
+    from superweight.measure.perplexity import PerplexityResult, load_text, tokenize_corpus
     from superweight.progress import log
 
     model = lm.model
@@ -238,7 +238,7 @@ def _measure_tasks(
     data: dict[str, Any],
     hits: list[str],
 ) -> None:
-    from superweight.zeroshot import TaskSuite
+    from superweight.measure.zeroshot import TaskSuite
 
     with TaskSuite(
         lm.model, lm.tokenizer, settings.tasks, data_dir=settings.data_dir, batch_size=settings.batch_size
@@ -289,9 +289,9 @@ def build_conditions(
     seed: int = 0,
 ) -> list[Condition]:
     """The paper's Table 1 conditions for the super weights in ``scan`` (a ScanResult)."""
-    from superweight.detection import weight_refs
+    from superweight.detect.detection import weight_refs
     from superweight.errors import SuperweightError
-    from superweight.interventions import random_k_refs, top_k_refs
+    from superweight.model.interventions import random_k_refs, top_k_refs
 
     unknown = [n for n in names if n not in CONDITIONS]
     if unknown:
@@ -422,7 +422,7 @@ def run_scaling(
     import time
     from dataclasses import asdict
 
-    from superweight.detection import weight_refs
+    from superweight.detect.detection import weight_refs
     from superweight.errors import SuperweightError
 
     if not scan.super_weights:

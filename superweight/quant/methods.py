@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from superweight.errors import QuantizationError
-from superweight.quantization import BitCount, QuantConfig, QuantMeta, _group_size, dequantize, quantize
+from superweight.quant.rtn import BitCount, QuantConfig, QuantMeta, _group_size, dequantize, quantize
 
 if TYPE_CHECKING:
     import torch
@@ -87,7 +87,7 @@ def linear_weight(module: nn.Module) -> torch.Tensor:
 
 def select_linears(model: nn.Module, modules: str | None = None) -> list[tuple[str, nn.Module]]:
     """All decoder linears, or those whose name matches one of the comma-separated globs in ``modules``."""
-    from superweight.architectures import linear_layers
+    from superweight.model.architectures import linear_layers
 
     layers = linear_layers(model)
     if not modules:
@@ -112,7 +112,7 @@ class Protection:
     @classmethod
     def from_scan(cls, model: nn.Module, scan: Any) -> Protection:
         """Super weights of a scan, and the super activation channels as rows of every down-projection."""
-        from superweight.architectures import down_projections
+        from superweight.model.architectures import down_projections
 
         sites = [s for s in down_projections(model) if s.expert is None]  # fused MoE experts: not handled
         prot = cls()
@@ -371,7 +371,7 @@ def collect_inputs(
     """Calibration inputs of every selected linear: up to ``max_rows`` token rows, evenly spaced."""
     import torch
 
-    from superweight.capture import hooks
+    from superweight.model.capture import hooks
 
     store: dict[str, list[torch.Tensor]] = {name: [] for name, _ in linears}
 

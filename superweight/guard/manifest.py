@@ -1,6 +1,6 @@
 """Integrity manifests: build, save, load (with schema checks) and sign with Ed25519.
 
-A manifest holds a model's identity, one record per tensor (see :mod:`superweight.integrity`), the
+A manifest holds a model's identity, one record per tensor (see :mod:`superweight.guard.hashing`), the
 whole-file hashes, each super weight's coordinates with its exact bytes in the file and in memory
 (and a hash of its row), the super activations, and a behavioural canary. Signing covers the
 canonical JSON of everything but the ``signature`` block, with ``cryptography``'s Ed25519.
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from superweight.errors import ManifestError
-from superweight.integrity import (
+from superweight.guard.hashing import (
     FileRecord,
     ModelFiles,
     TensorRecord,
@@ -29,11 +29,11 @@ from superweight.integrity import (
 )
 
 if TYPE_CHECKING:
-    from superweight.canary import Canary
-    from superweight.detection import ScanResult
-    from superweight.loading import LoadedModel
+    from superweight.detect.detection import ScanResult
+    from superweight.guard.canary import Canary
+    from superweight.model.loading import LoadedModel
 
-SCHEMA = "superweight.manifest"
+SCHEMA = "superweight.guard.manifest"
 SCHEMA_VERSION = 1
 _REQUIRED = ("schema", "schema_version", "tool", "model", "hash", "tensors", "super_weights")
 
@@ -106,7 +106,7 @@ def super_weight_entries(
     lm: LoadedModel, super_weights: list[Any], mf: ModelFiles | None, down_proj: str | None = None
 ) -> list[dict[str, Any]]:
     """Manifest entries for super weights: HF coordinates, the in-memory bits, and the bytes in the file."""
-    from superweight.architectures import decoder_layers, down_projections, find_down_proj
+    from superweight.model.architectures import decoder_layers, down_projections, find_down_proj
 
     sites = down_projections(lm.model, down_proj)
     entries = []
@@ -350,7 +350,7 @@ def fingerprint(
         >>> manifest = fingerprint("smollm2-135m")
         >>> save_manifest(manifest, "smollm2.manifest.json")
     """
-    from superweight.integrity import hash_files, resolve_model_files
+    from superweight.guard.hashing import hash_files, resolve_model_files
     from superweight.progress import log, step
 
     mf = resolve_model_files(spec)
@@ -360,18 +360,18 @@ def fingerprint(
     lm = can = None
     entries: list[dict[str, Any]] = []
     if scan or canary or scan_result is not None:
-        from superweight.loading import load_model
+        from superweight.model.loading import load_model
 
         lm = load_model(spec, dtype=dtype, device=device)
         if scan_result is None and scan:
-            from superweight.detection import find_super_weights
+            from superweight.detect.detection import find_super_weights
 
             with step("finding super weights"):
                 scan_result = find_super_weights(lm.model, lm.tokenizer, down_proj=down_proj, model_name=lm.spec)
         if scan_result is not None:
             entries = super_weight_entries(lm, scan_result.super_weights, mf, down_proj)
         if canary:
-            from superweight.canary import run_canary
+            from superweight.guard.canary import run_canary
 
             can = run_canary(lm.model, lm.tokenizer, _canary_channel(scan_result))
     return build_manifest(
@@ -382,11 +382,11 @@ def fingerprint(
 
 def fingerprint_memory(lm: LoadedModel, scan: ScanResult | None = None, canary: bool = True) -> dict[str, Any]:
     """Fingerprint a model as it is in memory (for checks on edits that never reach a file)."""
-    from superweight.integrity import hash_memory
+    from superweight.guard.hashing import hash_memory
 
     can = None
     if canary:
-        from superweight.canary import run_canary
+        from superweight.guard.canary import run_canary
 
         can = run_canary(lm.model, lm.tokenizer, _canary_channel(scan))
     entries = super_weight_entries(lm, scan.super_weights, None) if scan is not None else []

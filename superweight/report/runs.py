@@ -28,7 +28,7 @@ def write_run(out_dir: str | Path, command: str, payload: dict[str, Any], *, rep
 
         try:
             with step(f"writing {out / 'report.html'}"):
-                from superweight.reporting import build_report
+                from superweight.report.html import build_report
 
                 build_report(out, command, payload)
         except Exception as exc:

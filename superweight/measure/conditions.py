@@ -20,15 +20,15 @@ from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from superweight.capture import hooks
-from superweight.interventions import WeightRef, edited, first_layer, restored_activation
+from superweight.model.capture import hooks
+from superweight.model.interventions import WeightRef, edited, first_layer, restored_activation
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from superweight.architectures import DownProj
-    from superweight.evaluation import TokenWindows
+    from superweight.measure.perplexity import TokenWindows
+    from superweight.model.architectures import DownProj
 
 DEFAULT_BUDGET = 1 << 30  # bytes of saved hidden states per window
 
@@ -103,7 +103,7 @@ class ConditionStats:
 
 def supports_reuse(model: nn.Module) -> bool:
     """Whether the architecture registry marks this family ``layerwise``."""
-    from superweight.architectures import layerwise_classes
+    from superweight.model.architectures import layerwise_classes
 
     return type(model).__name__ in layerwise_classes()
 
@@ -141,8 +141,8 @@ def _capture_hooks(layers: nn.ModuleList, wanted: Sequence[int], saved: dict[int
 
 def capture_hidden(model: nn.Module, window: torch.Tensor, wanted: Sequence[int]) -> dict[int, torch.Tensor]:
     """Hidden states entering each layer in ``wanted`` (runs the model only up to the deepest one)."""
-    from superweight.architectures import decoder_layers
-    from superweight.evaluation import logits_of
+    from superweight.measure.perplexity import logits_of
+    from superweight.model.architectures import decoder_layers
 
     saved: dict[int, Any] = {}
     with hooks(_capture_hooks(decoder_layers(model), wanted, saved, stop=True)), suppress(_Stop):
@@ -152,8 +152,8 @@ def capture_hidden(model: nn.Module, window: torch.Tensor, wanted: Sequence[int]
 
 def logits_from(model: nn.Module, window: torch.Tensor, layer: int, hidden: torch.Tensor) -> torch.Tensor:
     """Logits of ``window`` computed from ``hidden`` (the hidden states entering ``layer``) onwards."""
-    from superweight.architectures import decoder_layers
-    from superweight.evaluation import logits_of
+    from superweight.measure.perplexity import logits_of
+    from superweight.model.architectures import decoder_layers
 
     layers = decoder_layers(model)
     originals = [layers[i] for i in range(layer)]
@@ -209,8 +209,8 @@ def measure_conditions(
 
     import torch
 
-    from superweight.architectures import decoder_layers
-    from superweight.evaluation import as_windows, logits_of, token_losses
+    from superweight.measure.perplexity import as_windows, logits_of, token_losses
+    from superweight.model.architectures import decoder_layers
     from superweight.progress import track
 
     ids = as_windows(windows)

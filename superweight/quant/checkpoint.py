@@ -20,13 +20,13 @@ from typing import TYPE_CHECKING, Any
 
 from superweight.errors import QuantizationError
 from superweight.io import atomic_write, write_json
-from superweight.quantization import QuantConfig, QuantMeta, dequantize, pack, unpack
+from superweight.quant.rtn import QuantConfig, QuantMeta, dequantize, pack, unpack
 
 if TYPE_CHECKING:
     import torch
 
-    from superweight.loading import LoadedModel
-    from superweight.quant_methods import QuantReport
+    from superweight.model.loading import LoadedModel
+    from superweight.quant.methods import QuantReport
 
 FORMAT = "superweight-quant/1"
 _DTYPES = ("float32", "float16", "bfloat16")
@@ -140,8 +140,8 @@ def load_quantized_model(path: str | Path) -> LoadedModel:
     from safetensors.torch import load_file
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from superweight.loading import LoadedModel
-    from superweight.quant_methods import linear_weight
+    from superweight.model.loading import LoadedModel
+    from superweight.quant.methods import linear_weight
 
     folder = Path(path)
     manifest_file = folder / "manifest.json"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
-from superweight.plot_base import (
+from superweight.report.style import (
     MARK_COLOR,
     NOT_CAUGHT,
     PALETTE,

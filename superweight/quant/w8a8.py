@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from superweight.errors import QuantizationError
-from superweight.quant_methods import WeightSnapshot, linear_weight
+from superweight.quant.methods import WeightSnapshot, linear_weight
 
 if TYPE_CHECKING:
     import torch
@@ -98,7 +98,7 @@ def smoothing_factors(
     """SmoothQuant's per-channel factors, one set per group of linears that read the same input."""
     import torch
 
-    from superweight.capture import hooks
+    from superweight.model.capture import hooks
 
     if not 0 <= alpha <= 1:
         raise QuantizationError(f"--alpha must be in [0, 1] (got {alpha})")
@@ -141,7 +141,7 @@ def w8a8(
     """``with w8a8(linears, "sa", held=...):`` the model computes in simulated W8A8; restored on exit."""
     import torch
 
-    from superweight.capture import hooks
+    from superweight.model.capture import hooks
 
     if method not in ACT_METHODS:
         raise QuantizationError(f"unknown activation method {method!r}; choose one of {', '.join(ACT_METHODS)}")

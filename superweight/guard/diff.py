@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from superweight.errors import SuperweightError
-from superweight.integrity import ModelFiles, TensorSpan, gguf_tensor_name, resolve_model_files
+from superweight.guard.hashing import ModelFiles, TensorSpan, gguf_tensor_name, resolve_model_files
 
 if TYPE_CHECKING:
-    from superweight.detection import ScanResult
+    from superweight.detect.detection import ScanResult
 
 _NP = {
     "F64": "<f8",
@@ -207,12 +207,12 @@ def diff_checkpoints(
         report.notes.append("different formats: values compared as float32 after GGUF dequantization (Q/K un-permuted)")
     lm = None
     if super_weights is None:
-        from superweight.loading import load_model
-        from superweight.manifest import super_weight_entries
+        from superweight.guard.manifest import super_weight_entries
+        from superweight.model.loading import load_model
 
         lm = load_model(model_a)
         if scan is None:
-            from superweight.detection import find_super_weights
+            from superweight.detect.detection import find_super_weights
 
             scan = find_super_weights(lm.model, lm.tokenizer, model_name=model_a)
         super_weights = super_weight_entries(lm, scan.super_weights, None)
@@ -247,8 +247,8 @@ def _weight_fate(e: dict[str, Any], fa: ModelFiles, by_a: dict[str, tuple[Tensor
 
 def _activation_fates(model_a: str, model_b: str, scan: ScanResult | None, lm_a: Any) -> list[ActivationFate]:
     """Run the canary prompt through both models and compare each super activation's peak."""
-    from superweight.canary import run_canary
-    from superweight.loading import load_model
+    from superweight.guard.canary import run_canary
+    from superweight.model.loading import load_model
 
     if scan is None or not scan.super_activations:
         return []

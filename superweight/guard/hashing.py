@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from superweight.errors import SuperweightError
-from superweight.model_files import (  # re-exported (see __all__)
+from superweight.model.files import (  # re-exported (see __all__)
     ST_SIZES,
     CorruptModelError,
     ModelFiles,

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
-    from superweight.architectures import DownProj
+    from superweight.model.architectures import DownProj
 
 
 @dataclass(frozen=True)
@@ -120,8 +120,8 @@ _LAYER = re.compile(r"(?:^|\.)(\d+)(?:\.|$)")
 
 def scope_sites(model: torch.nn.Module, scope: str = "down_proj") -> list[DownProj]:
     """The matrices a control may touch: every down-projection, or every decoder Linear (``all``)."""
-    from superweight.architectures import DownProj, down_projections, linear_layers
     from superweight.errors import SuperweightError
+    from superweight.model.architectures import DownProj, down_projections, linear_layers
 
     if scope == "down_proj":
         return down_projections(model)

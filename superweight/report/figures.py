@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from superweight.figures_eval import (
+from superweight.report.figures_eval import (
     ablate_metrics,
     ablate_super_activation,
     ablate_token_shift,
@@ -23,7 +23,7 @@ from superweight.figures_eval import (
     quantize_pareto,
     scale_curve,
 )
-from superweight.plot_base import (
+from superweight.report.style import (
     MARK_COLOR,
     MARK_GID,
     PALETTE,
@@ -152,7 +152,7 @@ def super_weight_rows(model: Any, super_weights: list[dict[str, Any]], down_proj
     One row per (module, row) among the super weights and candidates, with their columns as marks,
     rounded to 5 significant digits so results.json stays small (a SmolLM2 row is 1536 numbers).
     """
-    from superweight.architectures import down_projections, find_down_proj
+    from superweight.model.architectures import down_projections, find_down_proj
 
     sites = down_projections(model, down_proj)
     out: dict[tuple[str, int], dict[str, Any]] = {}

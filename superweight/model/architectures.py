@@ -33,7 +33,7 @@ class Adapter:
     # read there (the super weight is still the down-projection entry).
     mlp_output: str | None = None
     # The model's decoder loop is a plain `hidden = layer(hidden, ...)`, so evaluation may start at any
-    # layer from saved hidden states (superweight.conditions reuses them across conditions).
+    # layer from saved hidden states (superweight.measure.conditions reuses them across conditions).
     layerwise: bool = False
 
 

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from superweight.errors import SuperweightError
-from superweight.explain import captions, fmt_value, summary
 from superweight.io import atomic_write_bytes, atomic_write_text, to_json
+from superweight.report.explain import captions, fmt_value, summary
 
 FIGURE_DIR = "figures"
 MAX_ROWS = 60
@@ -162,7 +162,7 @@ def report_html(command: str, payload: dict[str, Any], figures: list[tuple[str, 
 
 def build_report(out_dir: str | Path, command: str, payload: dict[str, Any]) -> Report:
     """Draw ``command``'s figures into ``out_dir/figures`` (PNG + SVG) and write ``out_dir/report.html``."""
-    from superweight.figures import FIGURES, draw_all, render
+    from superweight.report.figures import FIGURES, draw_all, render
 
     out = Path(out_dir)
     fig_dir = out / FIGURE_DIR

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from superweight.errors import ManifestError
-from superweight.integrity import (
+from superweight.guard.hashing import (
     ST_SIZES,
     ModelFiles,
     TensorRecord,
@@ -34,10 +34,10 @@ from superweight.integrity import (
     tensor_bytes,
     torch_dtype_name,
 )
-from superweight.manifest import check_signature, decode_value, read_element
+from superweight.guard.manifest import check_signature, decode_value, read_element
 
 if TYPE_CHECKING:
-    from superweight.loading import LoadedModel
+    from superweight.model.loading import LoadedModel
 
 
 @dataclass
@@ -135,7 +135,7 @@ def check_super_weights_memory(model: Any, manifest: dict[str, Any], down_proj: 
                                rel_tol: float = 1e-2) -> list[SuperWeightStatus]:  # fmt: skip
     """Compare the super weights of a loaded model with the manifest: bits when the dtype matches,
     else the value within ``rel_tol`` (a bf16 copy rounds them)."""
-    from superweight.architectures import down_projections, find_down_proj
+    from superweight.model.architectures import down_projections, find_down_proj
 
     sites = down_projections(model, down_proj)
     out = []
@@ -158,7 +158,7 @@ def check_super_weights_memory(model: Any, manifest: dict[str, Any], down_proj: 
 
 def _model_files_by_name(spec: str | None) -> dict[str, Path]:
     """File name -> path for a model spec, without parsing any file (for the fast path)."""
-    from superweight.loading import ALIASES, DEFAULT_MODEL, _alias_file
+    from superweight.model.loading import ALIASES, DEFAULT_MODEL, _alias_file
 
     spec = spec or DEFAULT_MODEL
     path = _alias_file(spec) if spec in ALIASES else Path(spec).expanduser()
@@ -319,8 +319,8 @@ def verify_model(
 
 def _run_canary_check(spec: str | None, manifest: dict[str, Any], dtype: str, device: str
                       ) -> tuple[dict[str, Any], list[SuperWeightStatus]]:  # fmt: skip
-    from superweight.canary import Canary, compare_canary, run_canary
-    from superweight.loading import load_model
+    from superweight.guard.canary import Canary, compare_canary, run_canary
+    from superweight.model.loading import load_model
 
     if not manifest.get("canary"):
         raise ManifestError("the manifest has no canary (made with --no-canary); re-create it to check by behaviour")
@@ -336,7 +336,7 @@ def verify_memory(
     lm: LoadedModel, manifest: dict[str, Any], checks: tuple[str, ...] = ("hash", "fast", "canary")
 ) -> VerifyReport:
     """Verify a model in memory against a manifest made from memory (what ``attack`` uses)."""
-    from superweight.canary import Canary, compare_canary, run_canary
+    from superweight.guard.canary import Canary, compare_canary, run_canary
 
     timings: dict[str, float] = {}
     results: dict[str, str] = {}

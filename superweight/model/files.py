@@ -15,13 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from superweight.dtypes import by_code
 from superweight.errors import ModelNotFoundError, SuperweightError
 
-# safetensors dtype -> bytes per element
-ST_SIZES = {
-    "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U64": 8, "U32": 4,
-    "U16": 2, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1,
-}  # fmt: skip
 
 
 class CorruptModelError(ModelNotFoundError):
@@ -42,12 +38,13 @@ class TensorSpan:
 
     @property
     def itemsize(self) -> int | None:
-        return ST_SIZES.get(self.dtype)
+        entry = by_code(self.dtype)
+        return None if entry is None else entry.itemsize
 
     @property
     def block(self) -> tuple[int, int] | None:
         """(elements, bytes) of one GGUF quantization block; None for plain dtypes."""
-        if self.dtype in ST_SIZES:
+        if by_code(self.dtype) is not None:
             return None
         import gguf
 
@@ -77,7 +74,7 @@ class ModelFiles:
 
 def resolve_model_files(spec: str | None) -> ModelFiles:
     """Find the weight files of an alias, a ``.gguf`` file, a ``.safetensors`` file or an HF folder."""
-    from superweight.loading import ALIASES, DEFAULT_MODEL, _alias_file
+    from superweight.model.loading import ALIASES, DEFAULT_MODEL, _alias_file
 
     spec = spec or DEFAULT_MODEL
     path = Path(spec).expanduser()
@@ -139,10 +136,10 @@ def _safetensors_files(spec: str, root: Path, files: list[Path]) -> ModelFiles:
                 )
             except (KeyError, TypeError, ValueError):
                 raise CorruptModelError(f"{path}: corrupt header entry for {name!r}") from None
-            itemsize = ST_SIZES.get(dtype)
-            if itemsize is None:
+            entry = by_code(dtype)
+            if entry is None:
                 raise CorruptModelError(f"{path}: tensor {name!r} has unknown dtype {dtype!r}")
-            if e - b != math.prod(shape) * itemsize or b < 0:
+            if e - b != math.prod(shape) * entry.itemsize or b < 0:
                 raise CorruptModelError(f"{path}: tensor {name!r} has {e - b} bytes for shape {list(shape)} {dtype}")
             if start + e > size:
                 raise CorruptModelError(
@@ -166,7 +163,7 @@ def _safetensors_files(spec: str, root: Path, files: list[Path]) -> ModelFiles:
 
 
 def _gguf_files(spec: str, path: Path) -> ModelFiles:
-    from superweight.loading import check_gguf
+    from superweight.model.loading import check_gguf
 
     try:
         check_gguf(path)

@@ -3,7 +3,7 @@
 The seed's warning made concrete: one flipped exponent bit in a super weight against thousands of
 random flips elsewhere. Every attack edits raw parameter elements of the loaded model (files are never
 touched), measures perplexity on a capped WikiText-2 slice and a greedy continuation of fixed prompts,
-runs the three checks of :mod:`superweight.verification` against a manifest of the clean model, and
+runs the three checks of :mod:`superweight.guard.verify` against a manifest of the clean model, and
 restores every element bit-exactly (checked) before the next attack.
 """
 
@@ -21,8 +21,8 @@ from superweight.errors import SuperweightError
 if TYPE_CHECKING:
     import torch
 
-    from superweight.detection import ScanResult
-    from superweight.loading import LoadedModel
+    from superweight.detect.detection import ScanResult
+    from superweight.model.loading import LoadedModel
 
 KINDS = ("zero", "sign", "bitflip", "scale")
 TARGETS = ("sw", "topk", "random")
@@ -97,7 +97,7 @@ class AttackReport:
 def _sw_targets(lm: LoadedModel, scan: ScanResult) -> list[Target]:
     import numpy as np
 
-    from superweight.architectures import down_projections, find_down_proj
+    from superweight.model.architectures import down_projections, find_down_proj
 
     sites = down_projections(lm.model)
     out = []
@@ -112,7 +112,7 @@ def select_targets(lm: LoadedModel, spec: AttackSpec, scan: ScanResult) -> list[
     """The elements an attack changes: super weights, the largest other weights, or random ones."""
     import torch
 
-    from superweight.architectures import linear_layers
+    from superweight.model.architectures import linear_layers
 
     protected = set(_sw_targets(lm, scan))
     if spec.target == "sw":
@@ -217,14 +217,14 @@ def greedy(lm: LoadedModel, prompt: str, new_tokens: int) -> str:
 
 
 def _eval_ids(lm: LoadedModel, max_tokens: int, seq_len: int, data_dir: str | None) -> Any:
-    from superweight.evaluation import load_text, tokenize_corpus
+    from superweight.measure.perplexity import load_text, tokenize_corpus
 
     corpus = load_text("wikitext2", data_dir=data_dir, split="test")
     return tokenize_corpus(lm.tokenizer, corpus, seq_len=seq_len, max_tokens=max_tokens, model=lm.model)
 
 
 def _perplexity(lm: LoadedModel, windows: Any) -> float:
-    from superweight.evaluation import perplexity_on_ids
+    from superweight.measure.perplexity import perplexity_on_ids
 
     ppl = perplexity_on_ids(lm.model, windows, desc="perplexity").perplexity
     return ppl if math.isfinite(ppl) else math.inf
@@ -249,12 +249,12 @@ def simulate_attacks(
         >>> lm = load_model("smollm2-135m")
         >>> report = simulate_attacks(lm, [AttackSpec("bitflip", "sw", 1, bit="exponent")])
     """
-    from superweight.manifest import fingerprint_memory
+    from superweight.guard.manifest import fingerprint_memory
+    from superweight.guard.verify import verify_memory
     from superweight.progress import log, step
-    from superweight.verification import verify_memory
 
     if scan is None:
-        from superweight.detection import find_super_weights
+        from superweight.detect.detection import find_super_weights
 
         with step("finding super weights"):
             scan = find_super_weights(lm.model, lm.tokenizer, model_name=lm.spec)

@@ -207,7 +207,7 @@ def load_local(task: str, data_dir: str, split: str, **_metadata: Any) -> Any:
 
 
 def _online() -> bool:
-    from superweight.evaluation import hub_reachable
+    from superweight.measure.perplexity import hub_reachable
 
     return hub_reachable()
 
@@ -242,7 +242,7 @@ def _write_yaml(folder: Path, task: str, data_dir: Path) -> str:
 
 def plan_tasks(tasks: list[str], data_dir: str | os.PathLike | None) -> tuple[dict[str, Any], dict[str, TaskResult]]:
     """Which tasks run from local files, which from the hub, and which are skipped (with why)."""
-    from superweight.evaluation import resolve_data_dir
+    from superweight.measure.perplexity import resolve_data_dir
 
     unknown = [t for t in tasks if t not in ALL_TASKS]
     if unknown:
@@ -300,7 +300,7 @@ class TaskSuite:
 
         logging.getLogger("lm_eval").setLevel(logging.ERROR)
         folder = Path(self._tmp.name)
-        (folder / "sw_loaders.py").write_text("from superweight.zeroshot import load_local  # noqa: F401\n")
+        (folder / "sw_loaders.py").write_text("from superweight.measure.zeroshot import load_local  # noqa: F401\n")
         for task, (kind, root, _) in self.runnable.items():
             self.names[task] = _write_yaml(folder, task, root) if kind == "local" else task
         self.manager = TaskManager(include_path=str(folder), verbosity="ERROR")

@@ -34,7 +34,7 @@ def _g(value: Any, digits: int = 3) -> str:
 
 def _ppl_of(row: dict[str, Any]) -> tuple[str, float] | None:
     """The first perplexity of a row (wikitext2 preferred): (source, value)."""
-    from superweight.plot_base import num
+    from superweight.report.style import num
 
     ppl = row.get("perplexity")
     if isinstance(ppl, dict) and ppl:
@@ -87,7 +87,7 @@ def _scan_summary(p: dict[str, Any]) -> list[str]:
 
 
 def _scan_captions(p: dict[str, Any]) -> dict[str, str]:
-    from superweight.plot_base import num, super_weight_layers
+    from superweight.report.style import num, super_weight_layers
 
     layers = super_weight_layers(p)
     rows = {int(r["layer"]): r for r in p.get("layers") or [] if r.get("layer") is not None}
@@ -131,8 +131,8 @@ def _scan_captions(p: dict[str, Any]) -> dict[str, str]:
 
 def _row_sentence(p: dict[str, Any]) -> str:
     """Is the super weight a lone outlier in its row, or one of many large weights?"""
-    from superweight.figures import _row_values
-    from superweight.plot_base import MissingData
+    from superweight.report.figures import _row_values
+    from superweight.report.style import MissingData
 
     try:
         rows, labels, marks = _row_values(p)
@@ -190,8 +190,8 @@ def _ablate_summary(p: dict[str, Any]) -> list[str]:
 
 
 def _scale_summary(p: dict[str, Any]) -> list[str]:
-    from superweight.figures_eval import scale_points
-    from superweight.plot_base import MissingData
+    from superweight.report.figures_eval import scale_points
+    from superweight.report.style import MissingData
 
     try:
         points = scale_points(p)
@@ -220,7 +220,7 @@ def _scale_summary(p: dict[str, Any]) -> list[str]:
 def _quantize_summary(p: dict[str, Any]) -> list[str]:
     import math
 
-    from superweight.plot_base import is_activation_quant
+    from superweight.report.style import is_activation_quant
 
     def ppl(r: dict[str, Any]) -> float:
         value = _ppl_of(r)[1]
@@ -257,7 +257,7 @@ def _quantize_summary(p: dict[str, Any]) -> list[str]:
 
 
 def _attack_summary(p: dict[str, Any]) -> list[str]:
-    from superweight.plot_base import MissingData, attack_name, attack_rows, caught_label, damage
+    from superweight.report.style import MissingData, attack_name, attack_rows, caught_label, damage
 
     try:
         rows = attack_rows(p)
