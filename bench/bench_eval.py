@@ -26,8 +26,9 @@ def main() -> None:
 
     from superweight import find_super_weights, load_model
     from superweight.measure.conditions import measure_conditions
+    from superweight.measure.corpus import load_text, tokenize_corpus
     from superweight.measure.experiments import _sa_probe, build_conditions
-    from superweight.measure.perplexity import load_text, perplexity_on_ids, tokenize_corpus
+    from superweight.measure.perplexity import perplexity_on_ids
     from superweight.progress import set_quiet
     from superweight.report.tables import format_table
 
@@ -73,10 +74,10 @@ def main() -> None:
         full.update(measure_conditions(lm.model, windows, [c], probe=probe, reuse=False))
     t_full = time.perf_counter() - start
     worst = max(abs(reused[n].nll - full[n].nll) for n in full)
-    from superweight.detect.detection import weight_refs
     from superweight.measure.conditions import Condition
+    from superweight.model.interventions import refs_for
 
-    refs = weight_refs(lm.model, scan.super_weights)
+    refs = refs_for(lm.model, scan.super_weights)
     sweep = [Condition(f"alpha={a}", refs, alpha=a) for a in (0, 0.2, 0.5, 1, 1.5, 2, 3)]
     start = time.perf_counter()
     swept = measure_conditions(lm.model, windows, sweep, probe=probe, reuse=True)

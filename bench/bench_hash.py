@@ -31,11 +31,12 @@ def raw_sha(files: list[Path]) -> None:
 
 
 def default_models() -> list[str]:
-    from superweight.model.loading import ALIASES, DEFAULT_MODEL, _alias_file, _gguf_cache_dir
+    from superweight.model.loading import gguf_cache_dir
+    from superweight.model.spec import ALIASES, DEFAULT_MODEL, alias_file
 
     models = [DEFAULT_MODEL]
     if DEFAULT_MODEL in ALIASES:
-        cached = _gguf_cache_dir(_alias_file(DEFAULT_MODEL), "float32")
+        cached = gguf_cache_dir(alias_file(DEFAULT_MODEL), "float32")
         if (cached / "model.safetensors").is_file():
             models.append(str(cached))
     return models
@@ -62,8 +63,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
 
-    from superweight.guard.hashing import hash_files, resolve_model_files
+    from superweight.guard.hashing import hash_files
     from superweight.guard.verify import check_super_weight_bytes
+    from superweight.model.files import resolve_model_files
 
     print(f"{'model':<34} {'MB':>7} {'variant':<38} {'GB/s':>6} {'x hashlib':>9}")
     for spec in args.models or default_models():

@@ -30,7 +30,8 @@ def main() -> None:
     import torch
 
     from superweight import find_super_weights, load_model
-    from superweight.measure.perplexity import load_text, perplexity_on_ids, tokenize_corpus
+    from superweight.measure.corpus import load_text, tokenize_corpus
+    from superweight.measure.perplexity import perplexity_on_ids
     from superweight.progress import set_quiet
     from superweight.quant.methods import (
         Protection,

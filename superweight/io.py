@@ -56,6 +56,24 @@ def _json_safe(obj: Any) -> Any:
     return obj
 
 
+_NON_FINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
+
+
+def _restored(obj: Any) -> Any:
+    if isinstance(obj, str):
+        return _NON_FINITE.get(obj, obj)
+    if isinstance(obj, dict):
+        return {k: _restored(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_restored(v) for v in obj]
+    return obj
+
+
+def from_json(text: str) -> Any:
+    """The inverse of :func:`to_json`: the strings "nan", "inf" and "-inf" become floats again."""
+    return _restored(json.loads(text))
+
+
 def to_json(payload: Any) -> str:
     return json.dumps(_json_safe(payload), indent=2, allow_nan=False) + "\n"
 

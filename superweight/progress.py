@@ -40,6 +40,11 @@ def log(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
 
+def warn(message: str) -> None:
+    """A warning on stderr, shown even when quiet: something the user must know went wrong."""
+    print(message, file=sys.stderr, flush=True)
+
+
 @contextmanager
 def step(message: str) -> Iterator[None]:
     """Announce a step that has no natural count (a model load), and how long it took."""

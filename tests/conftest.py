@@ -60,6 +60,22 @@ def assert_state_equal(model, state) -> None:
     assert not changed, f"weights not restored bit-exactly: {changed[:5]}"
 
 
+def cli(*args: str, timeout: int = 600, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """``superweight ARGS`` as a person runs it: a subprocess, with its exit code, stdout and stderr."""
+    command = [sys.executable, "-m", "superweight.cli.main", *args]
+    full_env = None if env is None else {**os.environ, **env}
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=full_env)
+
+
+@pytest.fixture(autouse=True)
+def _registry_restored():
+    """Adapters a test registers (``down_proj=``) do not leak into the next test."""
+    from superweight.model.architectures import registry_restored
+
+    with registry_restored():
+        yield
+
+
 def assert_one_line_error(proc: subprocess.CompletedProcess, text: str) -> None:
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
-from conftest import assert_one_line_error, assert_state_equal
+from conftest import assert_one_line_error, assert_state_equal, cli
 from tiny import PROBE, PROMPTS, Plant, save_planted, tiny_model
 
+from superweight.measure.ablation import AblationResult, run_ablation, run_scaling
 from superweight.measure.conditions import Condition, Probe, measure_conditions, supports_reuse
-from superweight.measure.experiments import Settings, run_ablation, run_scaling
+from superweight.measure.settings import EvalSettings
 from superweight.model.architectures import down_projections, layerwise_classes
 from superweight.model.interventions import WeightRef, random_k_refs, top_k_refs
 
@@ -73,54 +72,50 @@ def test_ablation_on_smollm2_shows_collapse_recovery_and_controls(
     smollm2, smollm2_scan, smollm2_state, data_dir, tmp_path, monkeypatch
 ):
     monkeypatch.setenv("SUPERWEIGHT_CACHE", str(tmp_path / "cache"))
-    settings = Settings(data_dir=str(data_dir), seq_len=256, max_tokens=512)
-    payload = run_ablation(smollm2, smollm2_scan, settings)
+    settings = EvalSettings(data_dir=str(data_dir), seq_len=256, max_tokens=512)
+    result = run_ablation(smollm2, smollm2_scan, settings)
     assert_state_equal(smollm2.model, smollm2_state)
-    rows = {c["name"]: c for c in payload["conditions"]}
+    rows = {c.name: c for c in result.conditions}
     assert list(rows) == ["original", "no-sw", "no-sw+sa", "top-k", "random-k"]
-    ppl = {n: r["perplexity"]["wikitext2"] for n, r in rows.items()}
+    ppl = {n: r.perplexity["wikitext2"] for n, r in rows.items()}
     assert ppl["no-sw"] > 2 * ppl["original"]  # the collapse
     assert ppl["no-sw+sa"] < ppl["no-sw"]  # restoring the super activation recovers
-    assert 0.5 < payload["recovery"] <= 1.05
+    assert 0.5 < result.recovery <= 1.05
     assert abs(ppl["random-k"] / ppl["original"] - 1) < 0.05  # 7000 random weights: no effect
-    sa = {n: r["super_activation"] for n, r in rows.items()}
+    sa = {n: r.super_activation for n, r in rows.items()}
     assert abs(sa["no-sw"]) < 0.5 * abs(sa["original"])  # Figure 4: the super activation collapses too
     assert sa["no-sw+sa"] == pytest.approx(sa["original"], rel=1e-3)
-    assert rows["top-k"]["edited_weights"] == 7000 and rows["no-sw"]["edited_weights"] == 1
-    assert payload["token_shift"] and payload["token_shift"][0]["p_edited"] > payload["token_shift"][0]["p_original"]
-    assert payload["continuations"][0]["prompt"] == "Summer is hot. Winter is"
-    prov = payload["provenance"]
-    assert prov["data"]["wikitext2"]["sha256"].startswith("173c87a5") and prov["versions"]["torch"]
-    assert prov["passes"]["no-sw:wikitext2"]["reused"] == 2  # started from layer 11's input
-    json.dumps(payload)  # JSON-ready
+    assert rows["top-k"].edited_weights == 7000 and rows["no-sw"].edited_weights == 1
+    assert result.token_shift and result.token_shift[0].p_edited > result.token_shift[0].p_original
+    assert result.continuations[0].prompt == "Summer is hot. Winter is"
+    prov = result.provenance
+    assert prov.data["wikitext2"]["sha256"].startswith("173c87a5") and prov.versions["torch"]
+    assert prov.passes["no-sw:wikitext2"]["reused"] == 2  # started from layer 11's input
+    doc = json.loads(json.dumps(result.to_dict()))  # JSON-ready, and it round-trips
+    assert AblationResult.from_dict(doc) == result
 
     again = run_ablation(smollm2, smollm2_scan, settings, ["original", "no-sw"], shift=False)
-    assert again["provenance"]["baseline_cache_hits"] == ["perplexity:wikitext2"]
-    assert again["conditions"][0]["perplexity"] == rows["original"]["perplexity"]
-    assert again["conditions"][1]["perplexity"]["wikitext2"] == pytest.approx(ppl["no-sw"], rel=1e-9)
+    assert again.provenance.baseline_cache_hits == ["perplexity:wikitext2"]
+    assert again.conditions[0].perplexity == rows["original"].perplexity
+    assert again.conditions[1].perplexity["wikitext2"] == pytest.approx(ppl["no-sw"], rel=1e-9)
 
 
 @pytest.mark.slow
 def test_scaling_curve_on_smollm2(smollm2, smollm2_scan, smollm2_state, data_dir, tmp_path, monkeypatch):
-    from superweight.cli.scale import draw
+    from superweight.report.figures import render
+    from superweight.report.measure import scale_curve
 
     monkeypatch.setenv("SUPERWEIGHT_CACHE", str(tmp_path / "cache"))
-    settings = Settings(data_dir=str(data_dir), seq_len=256, max_tokens=256)
-    payload = run_scaling(smollm2, smollm2_scan, settings, [0.0, 2.0])
+    settings = EvalSettings(data_dir=str(data_dir), seq_len=256, max_tokens=256)
+    result = run_scaling(smollm2, smollm2_scan, settings, [0.0, 2.0])
     assert_state_equal(smollm2.model, smollm2_state)
-    alphas = [p["alpha"] for p in payload["points"]]
+    alphas = [p.alpha for p in result.points]
     assert alphas == [0.0, 1.0, 2.0]  # alpha=1 added as the baseline
-    values = {p["alpha"]: p["value"] for p in payload["points"]}
+    values = {p.alpha: p.value for p in result.points}
     assert values[0.0] > values[1.0]
-    assert payload["best_value"] == min(values.values()) and payload["baseline_value"] == values[1.0]
-    assert payload["gain"] == pytest.approx(values[1.0] / payload["best_value"] - 1)
-    draw(payload, tmp_path / "scale.png")
-    assert (tmp_path / "scale.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
-
-def cli(*args: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "superweight.cli.main", *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.best_value == min(values.values()) and result.baseline_value == values[1.0]
+    assert result.gain == pytest.approx(values[1.0] / result.best_value - 1)
+    assert render(scale_curve(result), "png")[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
@@ -168,8 +163,9 @@ def test_cli_ablate_and_scale_on_a_planted_model(planted_folder, tmp_path):
         (["--conditions", "original,nope"], "unknown condition"),
         (["--data-dir", "/no/such/dir"], "does not exist"),
         (["--data", "/no/such/file.txt"], "unknown data source"),
-        (["--max-tokens", "0"], "--max-tokens must be"),
-        (["--scan", "/no/such/scan.json"], "cannot read --scan"),
+        (["--max-tokens", "0"], "--max-tokens: must be"),
+        (["--scan", "/no/such/scan.json"], "--scan: /no/such/scan.json does not exist"),
+        (["-k", "0"], "-k: must be at least 1"),
         (["--tasks", "mmlu"], "unknown task"),
     ],
 )

@@ -6,7 +6,8 @@ import pytest
 import torch
 from tiny import PROBE, PROMPTS, Plant, planted
 
-from superweight.detect.detection import DetectionConfig, find_super_weights
+from superweight.detect.detection import find_super_weights
+from superweight.detect.result import DetectionConfig
 from superweight.errors import QuantizationError
 from superweight.quant.methods import select_linears
 from superweight.quant.w8a8 import (

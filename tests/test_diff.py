@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from superweight.guard.diff import diff_checkpoints
-from superweight.guard.hashing import gguf_tensor_name
+from superweight.model.files import gguf_tensor_name
 
 SW = {"layer": 1, "module": "model.layers.1.mlp.down_proj", "row": 5, "col": 7,
       "param": "model.layers.1.mlp.down_proj.weight", "index": [5, 7], "value": 40.0}  # fmt: skip

@@ -11,15 +11,8 @@ import torch
 from tiny import byte_tokenizer, tiny_model
 
 from superweight.errors import DataError
-from superweight.measure.perplexity import (
-    kl_divergence,
-    load_text,
-    next_token_logprobs,
-    perplexity,
-    perplexity_on_ids,
-    tokenize_corpus,
-    wikitext_rows,
-)
+from superweight.measure.corpus import load_text, tokenize_corpus, wikitext_rows
+from superweight.measure.perplexity import kl_divergence, next_token_logprobs, perplexity, perplexity_on_ids
 from superweight.model.interventions import WeightRef, scaled
 
 
@@ -100,8 +93,9 @@ def test_bad_paths_and_malformed_files_are_clear_errors(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     with pytest.raises(DataError, match="does not exist"):
         load_text("wikitext2", tmp_path / "nowhere")
-    with pytest.raises(DataError, match="--data-dir"):
+    with pytest.raises(DataError, match="give a data folder") as exc:
         load_text("wikitext2", tmp_path)  # a folder without wikitext2/, offline: no hub either
+    assert exc.value.option == "data_dir"
     with pytest.raises(DataError, match="unknown data source"):
         load_text("wikitext3")
     with pytest.raises(DataError, match="split"):

@@ -6,40 +6,38 @@ the JSON schemas of their issues, checking that what is drawn is exactly what th
 
 from __future__ import annotations
 
+import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
-from superweight.report.figures import (
-    FIGURES,
-    draw_all,
-    marked_layers,
-    render,
-    scan_max_activations,
-    scan_residual,
-    scan_row_heatmap,
-    super_weight_rows,
+from superweight.measure.ablation import (
+    AblationResult,
+    ConditionResult,
+    ScalePoint,
+    ScalingResult,
+    TokenShift,
 )
-from superweight.report.figures_eval import (
-    ablate_metrics,
-    ablate_super_activation,
-    ablate_token_shift,
-    attack_damage,
-    quantize_activation,
-    quantize_block_size,
-    quantize_pareto,
-    scale_curve,
-)
-from superweight.report.style import CANDIDATE_GID, MARK_GID, MissingData
+from superweight.measure.runner import Provenance
+from superweight.report.figures import draw_all, render
+from superweight.report.guard import attack_damage
+from superweight.report.measure import ablate_metrics, ablate_super_activation, ablate_token_shift, scale_curve
+from superweight.report.pages import PAGE_MODULES, page_for
+from superweight.report.quant import quantize_activation, quantize_block_size, quantize_pareto
+from superweight.report.scan import max_activations as scan_max_activations
+from superweight.report.scan import residual as scan_residual
+from superweight.report.scan import row_heatmap as scan_row_heatmap
+from superweight.report.style import CANDIDATE_GID, MARK_GID, MissingData, marked_layers
 
 
 @pytest.fixture(scope="module")
-def scan_payload(smollm2, smollm2_scan):
-    """What `superweight scan` writes, plus the super weight rows the heat map needs."""
-    payload = smollm2_scan.to_dict()
-    payload["row_values"] = super_weight_rows(smollm2.model, payload["super_weights"])
-    return payload
+def scan_payload(smollm2_scan):
+    """What `superweight scan` writes, read back the way the report reads it (rows included)."""
+    from superweight.detect.result import ScanResult
+
+    return ScanResult.from_dict(json.loads(json.dumps(smollm2_scan.to_dict())))
 
 
 def _data_lines(ax):
@@ -80,15 +78,15 @@ def test_scan_residual_draws_the_super_activation(scan_payload, smollm2_scan):
 
 
 def test_row_heatmap_shows_the_model_row_and_circles_the_super_weight(scan_payload, smollm2, smollm2_scan):
-    from superweight.detect.detection import weight_refs
+    from superweight.model.interventions import refs_for
 
     sw = smollm2_scan.super_weights[0]
-    ref = weight_refs(smollm2.model, [sw])[0]
+    ref = refs_for(smollm2.model, [sw])[0]
     fig = scan_row_heatmap(scan_payload)
     ax = fig.axes[0]
     image = ax.get_images()[0].get_array()
     row = ref.site.weight[sw.row].detach().float().numpy()
-    labels = scan_payload["row_values"]["labels"]
+    labels = [r.label for r in scan_payload.rows]
     index = next(i for i, label in enumerate(labels) if f"layer {sw.layer} row {sw.row}" in label)
     assert np.allclose(image[index], np.maximum(np.abs(row), image.min()), rtol=1e-4)
     circles = [
@@ -99,11 +97,11 @@ def test_row_heatmap_shows_the_model_row_and_circles_the_super_weight(scan_paylo
     assert fig.axes[1].get_ylabel() == "|weight| (log scale)"  # the colour bar
 
 
-def test_scan_without_row_values_skips_only_the_heat_map(scan_payload):
-    payload = {k: v for k, v in scan_payload.items() if k != "row_values"}
-    drawn = {d.spec.name: d for d in draw_all("scan", payload)}
+def test_scan_without_rows_skips_only_the_heat_map(scan_payload):
+    payload = replace(scan_payload, rows=[])
+    drawn = {d.spec.name: d for d in draw_all(page_for("scan"), payload)}
     assert drawn["scan_row_heatmap"].figure is None
-    assert "row_values" in drawn["scan_row_heatmap"].skipped
+    assert "no row to draw" in drawn["scan_row_heatmap"].skipped
     assert drawn["scan_max_activations"].figure is not None
     assert drawn["scan_residual"].figure is not None
 
@@ -118,22 +116,22 @@ def test_rendered_files_carry_the_figure(scan_payload):
     assert render(scan_max_activations(scan_payload), "svg") == render(scan_max_activations(scan_payload), "svg")
 
 
-ABLATE = {
-    "model": "m",
-    "conditions": [
-        {"name": "original", "perplexity": {"wikitext2": 24.3}, "accuracy": {"piqa": 0.62, "arc_easy": 0.5},
-         "super_activation": 2300.0},
-        {"name": "no-sw", "perplexity": {"wikitext2": 3.1e3}, "accuracy": {"piqa": 0.51, "arc_easy": 0.3},
-         "super_activation": 41.0},
-        {"name": "no-sw+sa", "perplexity": {"wikitext2": 60.0}, "accuracy": {"piqa": 0.58, "arc_easy": 0.45},
-         "super_activation": 2300.0},
+PROVENANCE = Provenance({}, {}, {}, {}, [], {}, 0.0)
+
+
+def ablation(conditions: list[ConditionResult], shift: list[TokenShift] = ()) -> AblationResult:
+    return AblationResult("m", "LlamaForCausalLM", [], [], conditions, 0.7, "nll:wikitext2", 7000, "down_proj",
+                          PROVENANCE, token_shift=list(shift))  # fmt: skip
+
+
+ABLATE = ablation(
+    [
+        ConditionResult("original", 0, {"wikitext2": 24.3}, {"piqa": 0.62, "arc_easy": 0.5}, {}, 2300.0),
+        ConditionResult("no-sw", 1, {"wikitext2": 3.1e3}, {"piqa": 0.51, "arc_easy": 0.3}, {}, 41.0),
+        ConditionResult("no-sw+sa", 1, {"wikitext2": 60.0}, {"piqa": 0.58, "arc_easy": 0.45}, {}, 2300.0),
     ],
-    "recovery": 0.7,
-    "token_shift": [
-        {"token": 13, "text": ".", "p_original": 0.01, "p_edited": 0.09, "ratio": 9.0},
-        {"token": 262, "text": " the", "p_original": 0.02, "p_edited": 0.07, "ratio": 3.5},
-    ],
-}  # fmt: skip
+    [TokenShift(13, ".", 0.01, 0.09, 9.0), TokenShift(262, " the", 0.02, 0.07, 3.5)],
+)
 
 
 def test_ablate_bars_are_the_payload_numbers():
@@ -156,8 +154,12 @@ def test_ablate_bars_are_the_payload_numbers():
 
 
 def test_scale_curve_marks_the_best_alpha():
-    points = [{"alpha": a, "perplexity": {"wikitext2": 20 + (a - 1.5) ** 2}} for a in (0, 0.5, 1, 1.5, 2, 3)]
-    fig = scale_curve({"model": "m", "points": points, "best_alpha": 1.5})  # as `superweight scale` writes it
+    points = [
+        ScalePoint(a, {"wikitext2": 20 + (a - 1.5) ** 2}, {}, {}, 20 + (a - 1.5) ** 2) for a in (0, 0.5, 1, 1.5, 2, 3)
+    ]
+    result = ScalingResult("m", "LlamaForCausalLM", [], "perplexity:wikitext2", points, 1.5, 20.0, 20.25,
+                           20.25 / 20 - 1, "relative perplexity reduction over alpha=1", PROVENANCE)  # fmt: skip
+    fig = scale_curve(result)
     ax = fig.axes[0]
     best = [line for line in ax.get_lines() if line.get_gid() == "best-alpha"]
     assert len(best) == 1 and best[0].get_xdata()[0] == 1.5
@@ -244,39 +246,62 @@ def test_attack_bars_are_coloured_by_the_checks_that_caught_them():
     assert legend == ["caught by hash", "caught by hash, fast, canary", "not caught"]
 
 
-@pytest.mark.parametrize("command", sorted(FIGURES))
+@pytest.mark.parametrize("command", ["quantize", "attack", "diff", "verify", "fingerprint"])
 @pytest.mark.parametrize(
     "payload",
     [{}, {"layers": "nonsense", "super_weights": 3}, {"conditions": [{"name": "x"}], "results": [1, 2]}],
 )
 def test_missing_or_malformed_data_skips_with_a_reason(command, payload):
-    for drawn in draw_all(command, payload):
+    for drawn in draw_all(page_for(command), payload):
         assert drawn.figure is None
         assert drawn.skipped and len(drawn.skipped.splitlines()) == 1
 
 
+@pytest.mark.parametrize("command", ["scan", "ablate", "scale", "compare"])
+@pytest.mark.parametrize("doc", [{}, {"layers": "nonsense", "super_weights": 3}, {"conditions": [{"name": "x"}]}])
+def test_a_malformed_typed_result_is_one_clear_error(command, doc):
+    from superweight.errors import ResultFileError
+    from superweight.report.pages import read_result
+
+    with pytest.raises(ResultFileError, match=f"not a valid {command} result|not a superweight scan result"):
+        read_result(page_for(command), {"command": command, **doc})
+
+
+def test_absent_data_skips_only_that_figure():
+    bare = ablation([ConditionResult("original", 0, {"wikitext2": 24.0}, {}, {}, None)])
+    drawn = {d.spec.name: d for d in draw_all(page_for("ablate"), bare)}
+    assert drawn["ablate_metrics"].figure is not None
+    assert (
+        drawn["ablate_super_activation"].figure is None
+        and "no super activation" in drawn["ablate_super_activation"].skipped
+    )
+    assert drawn["ablate_token_shift"].figure is None
+
+
 def test_non_finite_numbers_from_json_do_not_break_figures():
-    payload = {
-        "model": "m",
-        "conditions": [
-            {"name": "original", "perplexity": {"wikitext2": 24.0}},
-            {"name": "no-sw", "perplexity": {"wikitext2": "inf"}},  # io.to_json writes inf as "inf"
-        ],
-    }
-    fig = ablate_metrics(payload)
+    from superweight.io import from_json, to_json
+
+    result = ablation([
+        ConditionResult("original", 0, {"wikitext2": 24.0}, {}, {}),
+        ConditionResult("no-sw", 1, {"wikitext2": math.inf}, {}, {}),  # io.to_json writes inf as "inf"
+    ])  # fmt: skip
+    assert '"inf"' in to_json(result.to_dict())
+    fig = ablate_metrics(AblationResult.from_dict(from_json(to_json(result.to_dict()))))
     heights = [p.get_height() for p in fig.axes[0].patches]
     assert heights[0] == 24.0 and math.isnan(heights[1])  # no bar ...
     assert [t.get_text() for t in fig.axes[0].texts] == ["∞"]  # ... but a mark that says why
     assert render(fig, "png")[:4] == b"\x89PNG"
 
 
-def test_every_command_has_a_registry_entry():
+def test_every_command_has_a_page():
     from superweight.cli.main import COMMANDS
 
-    assert {c for c in COMMANDS if c != "report"} <= set(FIGURES)
+    assert {c for c in COMMANDS if c != "report"} <= set(PAGE_MODULES)
+    for command in PAGE_MODULES:
+        assert page_for(command).command == command
 
 
-def test_marked_layers_reads_only_marks():
+def test_marked_layers_reads_only_marks(scan_payload):
     from superweight.report.style import mark_layers, new_figure, style
 
     with style():
@@ -288,4 +313,4 @@ def test_marked_layers_reads_only_marks():
     assert marked_layers(fig) == [[1]]
     assert [line.get_gid() for line in ax.get_lines()].count(MARK_GID) == 1
     with pytest.raises(MissingData):
-        scan_max_activations({"super_weights": []})
+        scan_max_activations(replace(scan_payload, layers=[]))

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from superweight.cli.main import main
-from superweight.guard.hashing import resolve_model_files
+from superweight.model.files import resolve_model_files
 
 
 @pytest.fixture(scope="module")

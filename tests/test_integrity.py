@@ -13,13 +13,7 @@ import pytest
 import torch
 
 from superweight.errors import ManifestError
-from superweight.guard.hashing import (
-    CorruptModelError,
-    count_nonfinite,
-    hash_files,
-    hash_memory,
-    resolve_model_files,
-)
+from superweight.guard.hashing import count_nonfinite, hash_files, hash_memory
 from superweight.guard.manifest import (
     SignatureError,
     build_manifest,
@@ -31,6 +25,7 @@ from superweight.guard.manifest import (
     sign_manifest,
 )
 from superweight.guard.verify import verify_model
+from superweight.model.files import CorruptModelError, resolve_model_files
 
 
 def tiny_llama(seed: int = 0, layers: int = 4, hidden: int = 64):

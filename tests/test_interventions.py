@@ -152,8 +152,9 @@ def test_random_k_is_distinct_seeded_and_excludes(planted):
     assert len(set(key(a))) == 300 and (ref.site.name, ROW, COL) not in set(key(a))
     assert len({r.site.layer for r in a}) == len(down_projections(model))  # spread over every layer
     assert first_layer(a) == 0 and first_layer([]) is None
-    with pytest.raises(SuperweightError, match="smaller k"):
+    with pytest.raises(SuperweightError, match="other weights in scope") as exc:
         random_k_refs(model, 10**9)
+    assert exc.value.option == "k"
 
 
 def test_condition_apply_restores_everything_on_error(planted):

@@ -10,8 +10,9 @@ import transformers as T
 from tiny import byte_tokenizer, tiny_model
 
 from superweight.errors import ModelNotFoundError, UnsupportedArchitectureError
-from superweight.model.architectures import down_projections
-from superweight.model.loading import ALIASES, load_model
+from superweight.model.architectures import decoder_layers, down_projections, register_pattern
+from superweight.model.loading import load_model
+from superweight.model.spec import ALIASES
 
 
 def save_tiny(path, cls="LlamaForCausalLM", safe=True):
@@ -60,7 +61,7 @@ def test_dtype_option(tmp_path):
         (lambda p: p / "missing", "no such model"),
         (lambda p: p, "no config.json"),
         (lambda p: _write(p / "x.gguf", b"not a gguf at all"), "not a GGUF file"),
-        (lambda p: _write(p / "weights.txt", b"hi"), "not a .gguf file"),
+        (lambda p: _write(p / "weights.txt", b"hi"), "neither .gguf nor .safetensors"),
     ],
 )
 def test_bad_specs_raise_one_clear_error(tmp_path, make, message):
@@ -129,11 +130,16 @@ def test_unknown_architecture_lists_supported_and_pattern_works():
     torch.manual_seed(0)
     config = T.BloomConfig(vocab_size=256, hidden_size=64, n_layer=3, n_head=4)
     model = T.AutoModelForCausalLM.from_config(config)
-    with pytest.raises(UnsupportedArchitectureError, match=r"LlamaForCausalLM.*--down-proj"):
+    with pytest.raises(UnsupportedArchitectureError, match=r"LlamaForCausalLM.*a glob over module names") as exc:
         down_projections(model)
-    sites = down_projections(model, "transformer.h.*.mlp.dense_4h_to_h")
+    assert exc.value.option == "down_proj"
+    assert "--down-proj PATTERN" in exc.value.render(lambda option: "--" + option.replace("_", "-"))
+    adapter = register_pattern(model, "transformer.h.*.mlp.dense_4h_to_h")
+    assert adapter.layers == "transformer.h"  # the ModuleList the matches are numbered in
+    sites = down_projections(model)  # every later step finds them without being told the pattern again
     assert [s.layer for s in sites] == [0, 1, 2] and sites[0].shape == (64, 256)
+    assert len(decoder_layers(model)) == 3
     with pytest.raises(UnsupportedArchitectureError, match="matched no module"):
-        down_projections(model, "model.layers.*.mlp.down_proj")
+        register_pattern(model, "model.layers.*.mlp.down_proj")
     with pytest.raises(UnsupportedArchitectureError, match="not a Linear"):
-        down_projections(model, "transformer.h.*.mlp")
+        register_pattern(model, "transformer.h.*.mlp")

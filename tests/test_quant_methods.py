@@ -169,7 +169,8 @@ def test_smollm2_per_tensor_rtn_needs_more_than_the_super_weight(smollm2, smollm
     does not rescue it, the top 0.5% outliers do; weights come back bit-exactly."""
     from conftest import assert_state_equal
 
-    from superweight.measure.perplexity import load_text, perplexity_on_ids, tokenize_corpus
+    from superweight.measure.corpus import load_text, tokenize_corpus
+    from superweight.measure.perplexity import perplexity_on_ids
 
     model = smollm2.model
     state = {k: v.clone() for k, v in model.state_dict().items()}

@@ -9,8 +9,10 @@ import torch
 from tiny import PROBE, PROMPTS, Plant, byte_tokenizer, plant, tiny_model
 
 from superweight.cli.main import main
-from superweight.detect.detection import DetectionConfig, find_super_weights
+from superweight.detect.detection import find_super_weights
+from superweight.detect.result import DetectionConfig
 from superweight.io import write_json
+from superweight.results import document
 from superweight.model.loading import LoadedModel
 from superweight.quant.checkpoint import load_quantized_model, read_quantized, save_checkpoint
 from superweight.quant.methods import (
@@ -34,7 +36,7 @@ def tiny_folder(tmp_path_factory):
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
     scan = find_super_weights(model, tok, PROMPTS, DetectionConfig(min_loss_increase=0.02, probe_text=PROBE))
-    write_json(folder / "scan.json", scan.to_dict())
+    write_json(folder / "scan.json", document("scan", scan))
     return folder, model, tok, scan
 
 

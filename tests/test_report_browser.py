@@ -160,13 +160,10 @@ def not_blank(pixels: np.ndarray) -> bool:
 
 
 @pytest.fixture(scope="module")
-def report_dir(tmp_path_factory, smollm2, smollm2_scan):
-    from superweight.report.figures import super_weight_rows
+def report_dir(tmp_path_factory, smollm2_scan):
     from superweight.report.runs import write_run
 
-    payload = smollm2_scan.to_dict()
-    payload["row_values"] = super_weight_rows(smollm2.model, payload["super_weights"])
-    return write_run(tmp_path_factory.mktemp("browser") / "smollm2", "scan", payload)
+    return write_run(tmp_path_factory.mktemp("browser") / "smollm2", "scan", smollm2_scan)
 
 
 def test_open_page_sees_console_errors_and_broken_images(tmp_path):

@@ -6,29 +6,29 @@ import base64
 import json
 import re
 import shutil
+from dataclasses import replace
 
 import pytest
 
 from superweight.cli.main import main
 from superweight.errors import SuperweightError
-from superweight.report.explain import summary
-from superweight.report.figures import super_weight_rows
-from superweight.report.html import build_report, read_run, report_html
+from superweight.io import write_json
+from superweight.report.html import build_report, report_html
+from superweight.report.pages import page_for
 from superweight.report.runs import write_run
+from superweight.results import document, read_document
 
 SCAN_FIGURES = ("scan_max_activations", "scan_residual", "scan_row_heatmap")
 
 
 @pytest.fixture(scope="module")
-def scan_payload(smollm2, smollm2_scan):
-    payload = smollm2_scan.to_dict()
-    payload["row_values"] = super_weight_rows(smollm2.model, payload["super_weights"])
-    return payload
+def scan_payload(smollm2_scan):
+    return smollm2_scan.to_dict()
 
 
 @pytest.fixture(scope="module")
-def scan_run(tmp_path_factory, scan_payload):
-    return write_run(tmp_path_factory.mktemp("runs") / "smollm2", "scan", scan_payload)
+def scan_run(tmp_path_factory, smollm2_scan):
+    return write_run(tmp_path_factory.mktemp("runs") / "smollm2", "scan", smollm2_scan)
 
 
 def _inline_pngs(html: str) -> list[bytes]:
@@ -37,7 +37,7 @@ def _inline_pngs(html: str) -> list[bytes]:
 
 def test_run_folder_has_results_figures_and_a_self_contained_report(scan_run, scan_payload, smollm2_scan):
     results = json.loads((scan_run / "results.json").read_text())
-    assert results["command"] == "scan"
+    assert results["command"] == "scan" and results["schema_version"] >= 2
     assert results["super_weights"] == json.loads(json.dumps(scan_payload["super_weights"]))
     for name in SCAN_FIGURES:
         assert (scan_run / "figures" / f"{name}.png").stat().st_size > 10_000
@@ -83,10 +83,10 @@ def test_report_out_writes_elsewhere_and_leaves_the_run_alone(scan_run, tmp_path
 def test_a_figure_without_data_is_skipped_with_a_sentence_and_its_old_file_removed(scan_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(scan_run, run)
-    command, payload = read_run(run)
-    del payload["row_values"]
-    report = build_report(run, command, payload)
-    assert "row_values" in report.skipped["scan_row_heatmap"]
+    doc = read_document(run)
+    doc["rows"] = []
+    report = build_report(run, doc)
+    assert "no row to draw" in report.skipped["scan_row_heatmap"]
     assert not (run / "figures" / "scan_row_heatmap.png").exists()
     html = (run / "report.html").read_text()
     assert "The super weight&#x27;s row” was skipped" in html or "row” was skipped" in html
@@ -95,17 +95,18 @@ def test_a_figure_without_data_is_skipped_with_a_sentence_and_its_old_file_remov
 
 def test_compare_page_puts_runs_side_by_side(scan_run, tmp_path, capsys, smollm2_scan):
     other = tmp_path / "no-super-weight"
-    command, payload = read_run(scan_run)
-    payload = {**payload, "model": "another-model", "super_weights": []}  # a model where none was found
-    write_run(other, command, payload, report=False)
+    doc = {**read_document(scan_run), "model": "another-model", "super_weights": []}  # none found there
+    write_json(other / "results.json", doc)
     out = tmp_path / "compare"
     assert main(["report", str(scan_run), str(other), "--out", str(out), "-q"]) == 0
     results = json.loads((out / "results.json").read_text())
     assert results["command"] == "compare"
-    first, second = results["runs"]
+    first, second = (run["scan"] for run in results["runs"])
     sw = smollm2_scan.super_weights[0]
-    assert [(w["layer"], w["row"], w["col"]) for w in first["super_weights"]] == [(sw.layer, sw.row, sw.col)]
+    confirmed = [(w["layer"], w["row"], w["col"]) for w in first["super_weights"] if w["confirmed"]]
+    assert confirmed == [(sw.layer, sw.row, sw.col)]
     assert second["super_weights"] == []
+    assert [m["super weights"] for m in results["models"]] == [1, 0]
     html = (out / "report.html").read_text()
     assert "another-model: no super weight confirmed" in html
     assert f"smollm2-135m: 1 super weight(s): {sw.module} [row {sw.row}, column {sw.col}]" in html
@@ -119,115 +120,119 @@ def test_compare_page_puts_runs_side_by_side(scan_run, tmp_path, capsys, smollm2
     [
         (lambda d: None, "does not exist"),
         (lambda d: d.mkdir(), "has no results.json"),
-        (lambda d: (d.mkdir(), (d / "results.json").write_text("{not json")), "is not valid JSON"),
-        (lambda d: (d.mkdir(), (d / "results.json").write_text('{"model": "m"}')), "has no 'command' field"),
+        (lambda d: (d.mkdir(), (d / "results.json").write_text("{not json")), "is not JSON"),
+        (lambda d: (d.mkdir(), (d / "results.json").write_text('{"model": "m"}')), "no 'command' field"),
+        (
+            lambda d: (d.mkdir(), (d / "results.json").write_text('{"command": "scan", "schema_version": 99}')),
+            "newer than this superweight",
+        ),
+        (
+            lambda d: (d.mkdir(), (d / "results.json").write_text('{"command": "scan", "model": "m"}')),
+            "not a superweight scan result",
+        ),
     ],
 )
 def test_bad_run_folders_are_one_line_errors(tmp_path, capsys, setup, message):
     run = tmp_path / "run"
     setup(run)
-    with pytest.raises(SuperweightError, match=message):
-        read_run(run)
+    if "scan result" not in message:
+        with pytest.raises(SuperweightError, match=message):
+            read_document(run)
     assert main(["report", str(run)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("superweight report: error:") and message in err[0]
 
 
-def test_write_run_keeps_results_when_the_report_fails(tmp_path, capsys, monkeypatch):
+def test_write_run_keeps_results_when_the_report_fails(tmp_path, capsys, monkeypatch, smollm2_scan):
     import superweight.report.html
 
     def broken(*args, **kwargs):
         raise RuntimeError("disk full")
 
     monkeypatch.setattr(superweight.report.html, "build_report", broken)
-    out = write_run(tmp_path / "run", "scan", {"model": "m"})
-    assert json.loads((out / "results.json").read_text()) == {"command": "scan", "model": "m"}
+    out = write_run(tmp_path / "run", "scan", smollm2_scan)
+    assert json.loads((out / "results.json").read_text()) == json.loads(json.dumps(document("scan", smollm2_scan)))
     err = capsys.readouterr().err
     assert "warning: results.json was written but the report was not (RuntimeError: disk full)" in err
     assert f"superweight report {out}" in err
 
 
-def test_write_run_refuses_a_file(tmp_path):
+def test_write_run_refuses_a_file(tmp_path, smollm2_scan):
     (tmp_path / "file").write_text("x")
     with pytest.raises(SuperweightError, match="exists and is not a folder"):
-        write_run(tmp_path / "file", "scan", {})
+        write_run(tmp_path / "file", "scan", smollm2_scan)
 
 
-def test_text_from_the_payload_is_escaped():
-    html = report_html("scan", {"model": "<script>alert(1)</script>", "super_weights": []}, [])
+def test_text_from_the_payload_is_escaped(smollm2_scan):
+    scan = replace(smollm2_scan, model="<script>alert(1)</script>")
+    html = report_html(page_for("scan"), scan, document("scan", scan), [])
     assert "<script>" not in html and "&lt;script&gt;" in html
 
 
 def test_sentences_are_computed_from_the_numbers():
-    ablate = {
-        "conditions": [
-            {"name": "original", "perplexity": {"wikitext2": 20.0}, "accuracy": {"piqa": 0.6}},
-            {"name": "no-sw", "perplexity": {"wikitext2": 3000.0}, "accuracy": {"piqa": 0.5}},
-            {"name": "no-sw+sa", "perplexity": {"wikitext2": 50.0}},
-        ],
-        "recovery": 0.99,
-    }
-    text = " ".join(summary("ablate", ablate))
+    from superweight.measure.ablation import AblationResult, ConditionResult, ScalePoint, ScalingResult
+    from superweight.measure.runner import Provenance
+    from superweight.report.measure import ablate_summary, scale_summary
+    from superweight.report.quant import _quantize_summary
+
+    prov = Provenance({}, {}, {}, {}, [], {}, 1.0)
+    conditions = [
+        ConditionResult("original", 0, {"wikitext2": 20.0}, {"piqa": 0.6}, {}),
+        ConditionResult("no-sw", 1, {"wikitext2": 3000.0}, {"piqa": 0.5}, {}),
+        ConditionResult("no-sw+sa", 1, {"wikitext2": 50.0}, {}, {}),
+    ]
+    ablate = AblationResult("m", "x", [], [], conditions, 0.99, "nll:wikitext2", 7000, "down_proj", prov)
+    text = " ".join(ablate_summary(ablate))
     assert "from 20 to 3e+03 (150 times)" in text
     assert "brings it to 50" in text and "recovers 99% of the damage" in text
     assert "0.600 originally, 0.500 without" in text
-    scale = {"alphas": [{"alpha": a, "perplexity": {"wikitext2": p}} for a, p in ((0.5, 30.0), (1, 20.0), (2, 18.0))]}
-    assert "is at alpha = 2, against 20 at alpha = 1 (10.0% lower)" in " ".join(summary("scale", scale))
+    points = [ScalePoint(a, {"wikitext2": p}, {}, {}, p) for a, p in ((0.5, 30.0), (1.0, 20.0), (2.0, 18.0))]
+    scale = ScalingResult("m", "x", [], "perplexity:wikitext2", points, 2.0, 18.0, 20.0, 20 / 18 - 1,
+                          "relative perplexity reduction over alpha=1", prov)  # fmt: skip
+    assert "is 18 at alpha = 2, against 20 at alpha = 1: gain +11.1%" in " ".join(scale_summary(scale))
     quant = {
         "baseline": {"perplexity": {"wikitext2": 24.3}},
         "results": [
-            {
-                "method": "naive",
-                "bits": 4,
-                "block": "128",
-                "perplexity": {"wikitext2": 42.8},
-                "bits_per_weight": 4.25,
-            },
-            {
-                "method": "sw",
-                "bits": 4,
-                "block": "128",
-                "perplexity": {"wikitext2": 41.0},
-                "bits_per_weight": 4.26,
-            },
+            {"method": "naive", "bits": 4, "block": "128", "perplexity": {"wikitext2": 42.8}, "bits_per_weight": 4.25},
+            {"method": "sw", "bits": 4, "block": "128", "perplexity": {"wikitext2": 41.0}, "bits_per_weight": 4.26},
         ],
     }
-    assert "At 4 bits the lowest perplexity is 41: method sw, block 128, 4.26 bits per weight." in summary(
-        "quantize", quant
+    assert "At 4 bits the lowest perplexity is 41: method sw, block 128, 4.26 bits per weight." in _quantize_summary(
+        quant
     )
-    # a payload that lacks what a sentence needs gets a neutral line, not an exception
-    assert summary("ablate", {}) == ["The ablation results carry no original/no-sw pair to compare."]
 
 
-@pytest.mark.parametrize(
-    "command", ["scan", "ablate", "scale", "quantize", "attack", "verify", "diff", "compare", "new"]
-)
+@pytest.mark.parametrize("command", ["quantize", "attack", "verify", "diff", "fingerprint"])
 def test_malformed_payloads_still_give_a_report(tmp_path, command):
     payload = {
-        "model": "m",
+        "command": command,
+        "model": {"spec": "m"} if command == "fingerprint" else "m",
+        "model_a": "a",
+        "model_b": "b",
         "layers": "nonsense",
         "conditions": [1],
         "results": [None],
         "runs": 3,
         "ok": False,
     }
-    report = build_report(tmp_path, command, payload)
+    report = build_report(tmp_path, payload)
     html = report.html_path.read_text()
     assert "superweight " + command in html and report.figure_files == []
 
 
-def test_every_command_explains_itself_with_an_example():
+def test_every_command_explains_itself_with_an_example(capsys):
     """Polish: `superweight CMD --help` ends with runnable examples of CMD, and --version works."""
     from superweight.cli.main import COMMANDS, build_parser
 
     parser = build_parser()
-    sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
-    assert set(sub.choices) == set(COMMANDS)
-    for name, command in sub.choices.items():
-        text = command.format_help()
+    for name in COMMANDS:
+        with pytest.raises(SystemExit) as exc:
+            parser.parse_args([name, "--help"])
+        assert exc.value.code == 0
+        text = capsys.readouterr().out
         assert "examples:" in text, name
         assert f"superweight {name}" in text.split("examples:", 1)[1], name
-        assert command.description, name
+        assert text.split("\n\n")[1].strip(), name  # a description
     with pytest.raises(SystemExit) as exc:
         parser.parse_args(["--version"])
     assert exc.value.code == 0

@@ -71,14 +71,13 @@ def test_missing_data_offline_is_skipped_with_a_reason(data_dir, tmp_path, monke
 
 @pytest.mark.slow
 def test_harness_accuracy_on_smollm2_from_local_files(smollm2, smollm2_scan, smollm2_state, data_dir, monkeypatch):
-    from superweight.detect.detection import weight_refs
-    from superweight.model.interventions import zeroed
+    from superweight.model.interventions import refs_for, zeroed
 
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     model, tok = smollm2.model, smollm2.tokenizer
     with TaskSuite(model, tok, ["piqa", "lambada_openai", "sciq"], data_dir=data_dir) as suite:
         first = suite.evaluate(limit=12)
-        with zeroed(weight_refs(model, smollm2_scan.super_weights)):
+        with zeroed(refs_for(model, smollm2_scan.super_weights)):
             broken = suite.evaluate(limit=12)
         again = suite.evaluate(limit=12)
     assert_state_equal(model, smollm2_state)

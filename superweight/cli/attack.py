@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from superweight.cli.common import add_model_args, add_output_args, emit, load_from_args
+from superweight.cli.options import Payload, add_model, add_output, emit, load_from
 
 EXAMPLES = """examples:
   superweight attack --kind bitflip --target sw --n 1 --bit exponent   the super weight's exponent MSB
@@ -27,8 +27,8 @@ def register(sub: Any) -> None:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_model_args(p)
-    add_output_args(p)
+    add_model(p)
+    add_output(p)
     p.add_argument("--kind", choices=KINDS, help="what to do to each weight")
     p.add_argument("--target", choices=TARGETS, default="sw", help="which weights (default sw)")
     p.add_argument("--n", type=int, default=1, help="how many weights (default 1)")
@@ -52,9 +52,9 @@ def run(args: argparse.Namespace) -> int:
         raise SuperweightError("say what to do: --kind zero|sign|bitflip|scale (or --contrast for the standard set)")
     else:
         attacks = [AttackSpec(args.kind, args.target, args.n, args.bit, args.alpha, args.seed)]
-    lm = load_from_args(args)
+    lm = load_from(args)
     report = simulate_attacks(lm, attacks, max_tokens=args.max_tokens, seq_len=args.seq_len, data_dir=args.data_dir)
-    emit(args, "attack", report.to_dict(), render)
+    emit(args, "attack", Payload(report.to_dict()), render)
     return 0
 
 

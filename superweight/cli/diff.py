@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from superweight.cli.common import add_output_args, emit
+from superweight.cli.options import Payload, add_output, emit
 
 EXAMPLES = """examples:
   superweight diff ./base ./finetuned --manifest base.manifest.json     super weights from A's manifest
@@ -27,7 +27,7 @@ def register(sub: Any) -> None:
     )
     p.add_argument("model_a", help="the reference checkpoint: alias, .gguf, .safetensors or HF folder")
     p.add_argument("model_b", help="the checkpoint to compare with it")
-    add_output_args(p)
+    add_output(p)
     p.add_argument("--manifest", type=Path, metavar="FILE", help="A's manifest: its super weights (no scan)")
     p.add_argument("--activations", action="store_true", help="load both models to compare super activations")
     p.add_argument("--top", type=int, default=20, help="tensors to show in the table (default 20; JSON has all)")
@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     report = diff_checkpoints(args.model_a, args.model_b, super_weights=super_weights, activations=args.activations)
     payload = report.to_dict()
     payload["top"] = args.top
-    emit(args, "diff", payload, render)
+    emit(args, "diff", Payload(payload), render)
     return 0
 
 

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from superweight.cli.common import add_model_args, add_output_args, emit
+from superweight.cli.options import Payload, add_model, add_output, emit
 
 EXAMPLES = """examples:
   superweight fingerprint -o smollm2.manifest.json            the default model: hashes, super weights, canary
@@ -26,8 +26,8 @@ def register(sub: Any) -> None:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_model_args(p)
-    add_output_args(p)
+    add_model(p)
+    add_output(p)
     p.add_argument("-o", "--output", type=Path, metavar="FILE", help="where to write the manifest (JSON)")
     p.add_argument("--sign", type=Path, metavar="KEY", help="sign with this Ed25519 private key (PEM or raw)")
     p.add_argument("--keygen", type=Path, metavar="KEY", help="write a new key pair KEY and KEY.pub, then exit")
@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
         _load_key(args.sign, private=True)  # fail on a bad key before minutes of work
     scan_result = None
     if args.scan_json is not None:
-        from superweight.detect.detection import ScanResult
+        from superweight.detect.result import ScanResult
 
         try:
             scan_result = ScanResult.from_dict(json.loads(args.scan_json.read_text()))
@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
         "canary": manifest["canary"],
         "signed": args.sign is not None,
     }
-    emit(args, "fingerprint", summary, render)
+    emit(args, "fingerprint", Payload(summary), render)
     return 0
 
 

@@ -59,7 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     except SuperweightError as exc:
         if os.environ.get("SUPERWEIGHT_DEBUG"):
             raise
-        print(f"superweight {args.command}: error: {exc}", file=sys.stderr)
+        from superweight.cli.options import flag
+
+        print(f"superweight {args.command}: error: {exc.render(flag)}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print(f"superweight {args.command}: interrupted", file=sys.stderr)

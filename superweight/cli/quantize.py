@@ -6,7 +6,7 @@ import argparse
 import math
 from typing import TYPE_CHECKING, Any
 
-from superweight.cli.common import add_model_args, add_output_args, emit, load_from_args
+from superweight.cli.options import Payload, add_model, add_output, emit, load_from
 from superweight.errors import QuantizationError
 
 if TYPE_CHECKING:
@@ -29,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         epilog=EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_model_args(p)
+    add_model(p)
     p.add_argument("--bits", default="4", help="comma-separated bit widths, 2..8 (default 4)")
     p.add_argument("--block", default="128,channel", help="comma-separated: group sizes (32..2048), channel, tensor")
     p.add_argument(
@@ -55,7 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--limit", type=int, default=None, metavar="N", help="first N examples of each task")
     p.add_argument("--batch-size", type=int, default=8, help="zero-shot batch size (default 8)")
-    add_output_args(p)
+    add_output(p)
     p.set_defaults(func=run)
 
 
@@ -91,16 +91,14 @@ def plan(args: argparse.Namespace) -> list[tuple[Any, Any]]:
 
 
 def _scan(lm: LoadedModel, args: argparse.Namespace) -> Any:
-    import json
-
-    from superweight.detect.detection import ScanResult, find_super_weights
+    from superweight.detect.detection import find_super_weights
+    from superweight.detect.result import read_scan
     from superweight.progress import step
 
     if args.scan:
-        with open(args.scan, encoding="utf-8") as fh:
-            return ScanResult.from_dict(json.load(fh))
+        return read_scan(args.scan)
     with step("scanning for super weights"):
-        return find_super_weights(lm.model, lm.tokenizer, down_proj=args.down_proj, model_name=lm.spec)
+        return find_super_weights(lm.model, lm.tokenizer, model_name=lm.spec)
 
 
 def _evaluate(model: Any, windows: Any, reference: Any) -> dict[str, Any]:
@@ -137,7 +135,7 @@ def _evaluate(model: Any, windows: Any, reference: Any) -> dict[str, Any]:
 
 
 def _windows(lm: LoadedModel, args: argparse.Namespace, split: str, tokens: int) -> Any:
-    from superweight.measure.perplexity import load_text, tokenize_corpus
+    from superweight.measure.corpus import load_text, tokenize_corpus
 
     corpus = load_text("wikitext2", args.data_dir, split)
     return tokenize_corpus(lm.tokenizer, corpus, seq_len=args.seq_len, max_tokens=tokens, model=lm.model)
@@ -182,12 +180,12 @@ def _sweep(lm: LoadedModel, args: argparse.Namespace, runs: list[tuple[Any, Any]
         linear_weight,
         select_linears,
     )
-    from superweight.quant.rtn import _group_size
+    from superweight.quant.rtn import group_size
 
     linears = select_linears(lm.model, args.modules)
     for _, config in runs:  # a block longer than a row fails now, before minutes of work
         for _, module in linears:
-            _group_size(tuple(linear_weight(module).shape), config.block)
+            group_size(tuple(linear_weight(module).shape), config.block)
     scan = _scan(lm, args)
     protection = Protection.from_scan(lm.model, scan)
     windows = _windows(lm, args, "test", args.max_tokens)
@@ -302,7 +300,7 @@ def run(args: argparse.Namespace) -> int:
         payload = _load(args)
     else:
         runs = plan(args)
-        lm = load_from_args(args)
+        lm = load_from(args)
         payload = sweep(lm, args, runs)
-    emit(args, "quantize", payload, render)
+    emit(args, "quantize", Payload(payload), render)
     return 0

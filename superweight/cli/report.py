@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from superweight.cli.common import add_output_args
+from superweight.cli.options import add_output
 
 EXAMPLES = """examples:
   superweight report runs/smollm2                     redraw the figures and report.html of one run folder
@@ -25,49 +25,53 @@ DEFAULT_COMPARE_DIR = Path("superweight-compare")
 def register(sub: Any) -> None:
     p = sub.add_parser(
         "report",
-        help="rebuild a run folder's figures and report.html, or compare several runs",
+        help="rebuild a run folder's figures and report.html, or compare several scans",
         description="Rebuild the figures (PNG + SVG) and the self-contained report.html of a run folder\n"
-        "from its results.json; given several run folders, write one comparison page.",
+        "from its results.json; given several scan run folders, write one comparison page.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", type=Path, help="run folders written with --out DIR")
-    add_output_args(p)
+    add_output(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from superweight.errors import SuperweightError
-    from superweight.io import to_json
+    from superweight.io import to_json, write_json
     from superweight.progress import log, step
-    from superweight.report.html import build_report, compare_payload, read_run
-    from superweight.report.runs import write_run
+    from superweight.report.compare import compare_runs
+    from superweight.report.html import build_report
+    from superweight.report.pages import page_for, read_result
+    from superweight.results import document, read_document
 
-    loaded = [(path, *read_run(path)) for path in args.runs]
-    if len(loaded) == 1:
-        path, command, payload = loaded[0]
-        if args.out is not None and Path(args.out).resolve() != path.resolve():
-            write_run(args.out, command, payload, report=False)
+    docs = [(path, read_document(path, option="runs")) for path in args.runs]
+    for _, doc in docs:  # a malformed result is one line now, not after the page is half written
+        read_result(page_for(doc["command"]), doc)
+    if len(docs) == 1:
+        path, doc = docs[0]
         out = args.out or path
+        if Path(out).resolve() != path.resolve():
+            write_json(Path(out) / "results.json", doc)
         with step(f"writing {Path(out) / 'report.html'}"):
-            report = build_report(out, command, payload)
-        result: dict[str, Any] = {"command": command, **report.to_dict()}
+            report = build_report(out, doc)
+        result: dict[str, Any] = {"command": doc["command"], **report.to_dict()}
     else:
-        names = [p.resolve().name or str(p) for p, _, _ in loaded]
+        names = [p.resolve().name or str(p) for p, _ in docs]
         if len(set(names)) < len(names):  # two runs called "smollm2" in different folders
-            names = [str(p) for p, _, _ in loaded]
-        runs = [(name, command, payload) for name, (_, command, payload) in zip(names, loaded, strict=True)]
+            names = [str(p) for p, _ in docs]
+        comparison = compare_runs([(name, doc) for name, (_, doc) in zip(names, docs, strict=True)])
         out = args.out or DEFAULT_COMPARE_DIR
-        if any(Path(out).resolve() == p.resolve() for p, _, _ in loaded):
-            raise SuperweightError(f"--out {out} is one of the compared runs; give a new folder")
-        payload = compare_payload(runs)
-        write_run(out, "compare", payload, report=False)
+        if any(Path(out).resolve() == p.resolve() for p, _ in docs):
+            raise SuperweightError(f"{out} is one of the compared runs; give a new folder", option="out")
+        doc = document("compare", comparison)
+        write_json(Path(out) / "results.json", doc)
         with step(f"writing {Path(out) / 'report.html'}"):
-            report = build_report(out, "compare", payload)
-        result = {"command": "compare", "runs": [str(p) for p, _, _ in loaded], **report.to_dict()}
+            report = build_report(out, doc)
+        result = {"command": "compare", "runs": [str(p) for p, _ in docs], **report.to_dict()}
     for name, why in report.skipped.items():
         log(f"skipped figure {name}: {why}")
-    print(f"wrote {report.html_path}", file=sys.stderr)
+    log(f"wrote {report.html_path}")
     sys.stdout.write(to_json(result) if args.json else render(result))
     return 0
 

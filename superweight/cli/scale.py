@@ -3,19 +3,32 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from superweight.cli.ablate import add_eval_args, scan_from_args, settings_from_args
-from superweight.cli.common import add_model_args, add_output_args, emit, load_from_args
+from superweight.cli.options import (
+    add_eval,
+    add_model,
+    add_output,
+    add_scan,
+    emit,
+    load_from,
+    scan_from,
+    settings_from,
+    split_list,
+)
+
+if TYPE_CHECKING:
+    from superweight.measure.ablation import ScalingResult
 
 EXAMPLES = """examples:
   superweight scale --data-dir ../shared/data --max-tokens 8192 --out runs/scale   (figures/scale_curve.png)
-  superweight scale --alphas 0,1,2,4 --tasks piqa --limit 200 --plot scale.png
+  superweight scale --alphas 0,1,2,4 --tasks piqa --limit 200 --json
 """
 
 
 def register(sub: Any) -> None:
+    from superweight.measure.ablation import DEFAULT_ALPHAS
+
     p = sub.add_parser(
         "scale",
         help="multiply the super weights by alpha and measure each",
@@ -24,13 +37,11 @@ def register(sub: Any) -> None:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_model_args(p)
-    add_output_args(p)
-    add_eval_args(p)
-    p.add_argument("--alphas", default="0,0.2,0.5,1,1.5,2,3", help="comma-separated scale factors")
-    p.add_argument(
-        "--plot", type=Path, default=None, metavar="PNG", help="also draw the curve here (--out DIR has it in figures/)"
-    )
+    add_model(p)
+    add_output(p)
+    add_eval(p)
+    add_scan(p)
+    p.add_argument("--alphas", default=",".join(f"{a:g}" for a in DEFAULT_ALPHAS), help="comma-separated scale factors")
     p.set_defaults(func=run)
 
 
@@ -38,58 +49,39 @@ def parse_alphas(text: str) -> list[float]:
     from superweight.errors import SuperweightError
 
     try:
-        alphas = [float(a) for a in text.split(",") if a.strip()]
+        alphas = [float(a) for a in split_list(text)]
     except ValueError:
-        raise SuperweightError(f"--alphas {text!r} is not a list of numbers; e.g. --alphas 0,0.5,1,2") from None
+        raise SuperweightError(f"{text!r} is not a list of numbers; e.g. 0,0.5,1,2", option="alphas") from None
     if not alphas or any(a != a or abs(a) == float("inf") for a in alphas):
-        raise SuperweightError(f"--alphas {text!r} has no finite numbers; e.g. --alphas 0,0.5,1,2")
+        raise SuperweightError(f"{text!r} has no finite numbers; e.g. 0,0.5,1,2", option="alphas")
     return sorted(set(alphas))
 
 
 def run(args: argparse.Namespace) -> int:
-    from superweight.measure.experiments import run_scaling
-    from superweight.progress import log
+    from superweight.measure.ablation import run_scaling
 
     alphas = parse_alphas(args.alphas)
-    settings = settings_from_args(args)
-    lm = load_from_args(args)
-    scan = scan_from_args(args, lm)
-    payload = run_scaling(lm, scan, settings, alphas)
-    plot = args.plot  # with --out, the run folder has it as figures/scale_curve.png
-    if plot is not None:
-        payload["plot"] = str(plot)
-        draw(payload, plot)
-        log(f"wrote {plot}")
-    emit(args, "scale", payload, render)
+    settings = settings_from(args)
+    lm = load_from(args)
+    scan = scan_from(args, lm)
+    emit(args, "scale", run_scaling(lm, scan, settings, alphas), render)
     return 0
 
 
-def draw(payload: dict[str, Any], path: Path) -> None:
-    """The run folder's scale figure (reporting's, one drawing for both), written atomically."""
-    from superweight.io import atomic_write_bytes
-    from superweight.report.figures import render as render_figure
-    from superweight.report.figures_eval import scale_curve
-
-    atomic_write_bytes(path, render_figure(scale_curve(payload), "png"))
-
-
-def render(payload: dict[str, Any]) -> str:
+def render(result: ScalingResult) -> str:
     from superweight.report.tables import format_table
 
-    points = payload["points"]
-    sources = list(dict.fromkeys(s for p in points for s in p["perplexity"]))
-    tasks = list(dict.fromkeys(t for p in points for t in p["accuracy"]))
+    sources = list(dict.fromkeys(s for p in result.points for s in p.perplexity))
+    tasks = list(dict.fromkeys(t for p in result.points for t in p.accuracy))
     headers = ["alpha", *(f"ppl {s}" for s in sources), *tasks, "super act."]
     rows = [
-        [p["alpha"], *(p["perplexity"].get(s) for s in sources), *(p["accuracy"].get(t) for t in tasks),
-         p.get("super_activation")]
-        for p in points
-    ]  # fmt: skip
-    out = format_table(headers, rows, title=f"{payload['model']}: super weights scaled by alpha")
-    gain = payload["gain"]
-    shown = f"{gain:+.1%}" if payload["metric"].startswith("perplexity") else f"{gain:+.4f}"
+        [p.alpha, *(p.perplexity.get(s) for s in sources), *(p.accuracy.get(t) for t in tasks), p.super_activation]
+        for p in result.points
+    ]
+    out = format_table(headers, rows, title=f"{result.model}: super weights scaled by alpha")
+    shown = f"{result.gain:+.1%}" if result.lower_is_better else f"{result.gain:+.4f}"
     out += (
-        f"\nbest alpha {payload['best_alpha']:g}: {payload['metric']} {payload['best_value']:.4g} "
-        f"(alpha=1: {payload['baseline_value']:.4g}; gain {shown}, {payload['gain_meaning']})\n"
+        f"\nbest alpha {result.best_alpha:g}: {result.metric} {result.best_value:.4g} "
+        f"(alpha=1: {result.baseline_value:.4g}; gain {shown}, {result.gain_meaning})\n"
     )
     return out

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from superweight.cli.common import add_model_args, add_output_args, emit, load_from_args
+from superweight.cli.options import add_model, add_output, emit, load_from
+
+if TYPE_CHECKING:
+    from superweight.detect.result import ScanResult
 
 EXAMPLES = """examples:
   superweight scan                                  the built-in default model (smollm2-135m)
@@ -15,6 +18,9 @@ EXAMPLES = """examples:
 
 
 def register(sub: Any) -> None:
+    from superweight.detect.result import DetectionConfig
+
+    cfg = DetectionConfig()
     p = sub.add_parser(
         "scan",
         help="find super weights and super activations",
@@ -23,48 +29,41 @@ def register(sub: Any) -> None:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_model_args(p)
-    add_output_args(p)
+    add_model(p)
+    add_output(p)
     d = p.add_argument_group("detection")
     d.add_argument("--prompt", action="append", metavar="TEXT", help="a prompt to scan with (repeat for several)")
-    d.add_argument("--z-threshold", type=float, default=3.5, help="robust z-score a layer must reach (default 3.5)")
-    d.add_argument("--min-ratio", type=float, default=5.0, help="and this many times the other layers' median")
-    d.add_argument("--max-iterations", type=int, default=8, help="cap on zero-and-rerun rounds (default 8)")
-    d.add_argument(
-        "--min-loss-increase", type=float, default=0.25, help="probe loss (nats) zeroing must add to confirm"
-    )
+    d.add_argument("--z-threshold", type=float, default=cfg.z_threshold,
+                   help=f"robust z-score a layer must reach (default {cfg.z_threshold})")  # fmt: skip
+    d.add_argument("--min-ratio", type=float, default=cfg.min_ratio,
+                   help=f"and this many times the other layers' median (default {cfg.min_ratio})")  # fmt: skip
+    d.add_argument("--max-iterations", type=int, default=cfg.max_iterations,
+                   help=f"cap on zero-and-rerun rounds (default {cfg.max_iterations})")  # fmt: skip
+    d.add_argument("--min-loss-increase", type=float, default=cfg.min_loss_increase,
+                   help=f"probe loss (nats) zeroing must add to confirm (default {cfg.min_loss_increase})")  # fmt: skip
     d.add_argument("--probe-text", metavar="TEXT", default=None, help="text whose loss confirms each candidate")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from superweight.detect.detection import DetectionConfig, find_super_weights
-    from superweight.errors import SuperweightError
+    from superweight.detect.detection import check_prompts, scan_model
+    from superweight.detect.result import DetectionConfig
 
+    check_prompts(args.prompt)
     config = DetectionConfig(
         z_threshold=args.z_threshold,
         min_ratio=args.min_ratio,
         max_iterations=args.max_iterations,
         min_loss_increase=args.min_loss_increase,
-        **({"probe_text": args.probe_text} if args.probe_text else {}),
+        **({"probe_text": args.probe_text} if args.probe_text is not None else {}),
     )
-    for prompt in args.prompt or []:
-        if not prompt.strip():
-            raise SuperweightError("empty prompt: --prompt needs text with at least one token")
-    lm = load_from_args(args)
-    result = find_super_weights(lm.model, lm.tokenizer, args.prompt, config, args.down_proj, model_name=lm.spec)
-    result.timings = {"load_s": lm.load_s, **result.timings}
-    payload = result.to_dict()
-    payload["source"] = {"path": lm.path, "kind": lm.source, "dequantized_from": lm.dequantized_from}
-    if payload["super_weights"]:
-        from superweight.report.figures import super_weight_rows
-
-        payload["row_values"] = super_weight_rows(lm.model, payload["super_weights"], args.down_proj)
-    emit(args, "scan", payload, render)
+    lm = load_from(args)
+    emit(args, "scan", scan_model(lm, args.prompt, config), render)
     return 0
 
 
-def render(payload: dict[str, Any]) -> str:
+def render(scan: ScanResult) -> str:
+    payload = scan.to_dict()
     from superweight.report.tables import format_table
 
     headers = [

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from superweight.cli.common import add_model_args, add_output_args, emit
+from superweight.cli.options import Payload, add_model, add_output, emit
 
 EXAMPLES = """examples:
   superweight verify smollm2.manifest.json                 the manifest's own model: every tensor hash
@@ -26,9 +26,9 @@ def register(sub: Any) -> None:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_model_args(p)
+    add_model(p)
     p.add_argument("manifest", type=Path, help="the manifest JSON")
-    add_output_args(p)
+    add_output(p)
     p.add_argument("--fast", action="store_true", help="check only the super weights (no full hash)")
     p.add_argument("--canary", action="store_true", help="also run the behavioural canary (loads the model)")
     p.add_argument("--pubkey", type=Path, metavar="KEY", help="require a valid Ed25519 signature by this key")
@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         device=args.device,
     )
-    emit(args, "verify", report.to_dict(), render)
+    emit(args, "verify", Payload(report.to_dict()), render)
     return 0 if report.ok else 1
 
 

@@ -25,181 +25,31 @@ import math
 import statistics
 import time
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from superweight.coordinates import SuperActivation, SuperWeight
+from superweight.detect.result import DEFAULT_PROMPTS, DetectionConfig, LayerStats, ScanResult, WeightRow
 from superweight.errors import SuperweightError
 from superweight.model.architectures import DownProj, architecture_name, down_projections, find_down_proj
 from superweight.model.capture import SiteActivations, capture_down_proj, capture_layer_outputs
-from superweight.model.interventions import WeightRef, zeroed
+from superweight.model.interventions import WeightRef, refs_for, zeroed
 from superweight.progress import log
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
-DEFAULT_PROMPTS: tuple[str, ...] = (
-    "Summer is hot. Winter is",
-    "The capital of France is Paris, and the capital of Italy is",
-    "def add(a, b):\n    return a + b",
-    "In 1969, two astronauts walked on the Moon while millions watched on television.",
-)
+    from superweight.model.loading import LoadedModel
 
-PROBE_TEXT = (
-    "The river flows through the old town, past the market square and the church. In spring, the water "
-    "rises with melting snow from the mountains, and the fishermen wait for the first warm days. Most of "
-    "the houses along the bank were built in the eighteenth century, when trade on the river made the town "
-    "rich. Today, visitors come to walk along the water, to eat in the small restaurants, and to see the "
-    "bridge that has stood for more than three hundred years."
-)
-
-
-@dataclass
-class DetectionConfig:
-    """How spikes are decided and candidates confirmed. Defaults work across scales and dtypes."""
-
-    z_threshold: float = 3.5  # robust z of log|max activation| vs the other layers (Iglewicz-Hoaglin: 3.5)
-    min_ratio: float = 5.0  # ...and at least this many times the other layers' median
-    mad_floor: float = (
-        0.25  # floor on the MAD of log-magnitudes, so near-identical layers cannot make tiny noise a spike
-    )
-    max_iterations: int = 8  # cap on zero-and-rerun rounds
-    min_spike_drop: float = 0.3  # zeroing a candidate must lower its layer's output spike by this fraction
-    min_loss_increase: float = 0.25  # nats of probe loss zeroing must add to confirm (x1.28 perplexity)
-    fire_fraction: float = 0.25  # a token "fires" where |activation| >= this fraction of the peak
-    probe_text: str = PROBE_TEXT
-
-    def __post_init__(self) -> None:
-        if self.z_threshold <= 0 or self.min_ratio < 1 or self.mad_floor <= 0:
-            raise SuperweightError("z_threshold and mad_floor must be > 0 and min_ratio >= 1")
-        if self.max_iterations < 1:
-            raise SuperweightError("max_iterations must be at least 1")
-        if not 0 < self.min_spike_drop <= 1 or not 0 < self.fire_fraction <= 1:
-            raise SuperweightError("min_spike_drop and fire_fraction must be in (0, 1]")
-
-
-@dataclass
-class LayerStats:
-    """Per-layer evidence: the largest |input| and |output| of its down-projection(s) over all prompts."""
-
-    layer: int
-    max_input: float
-    input_channel: int
-    max_output: float
-    output_channel: int
-    token: int  # position of the output max
-    input_z: float = 0.0
-    output_z: float = 0.0
-    spike: bool = False
-
-
-@dataclass
-class SuperWeight:
-    layer: int
-    module: str  # down-projection label; "name[e]" for expert e of a fused MoE tensor
-    row: int  # output (hidden) channel
-    col: int  # input (intermediate) channel
-    value: float
-    input_activation: float
-    output_activation: float
-    tokens: list[int]
-    loss_increase: float = float("nan")
-    confirmed: bool = False
-    expert: int | None = None
-    agreement: float = 1.0  # share of prompts whose own spike at this layer is at (row, col)
-    spike_drop: float = 0.0  # how much zeroing it lowered its layer's output spike
-
-    @property
-    def coordinate(self) -> tuple[str, int, int]:
-        return (self.module, self.row, self.col)
-
-
-@dataclass
-class SuperActivation:
-    layer: int
-    channel: int
-    value: float
-    tokens: list[int]
-    residual: list[float] = field(default_factory=list)  # max |hidden[:, channel]| after each layer (fired tokens)
-    persists_until: int = -1  # last layer whose residual stays >= half the value right after `layer`
-
-
-@dataclass
-class ScanResult:
-    model: str
-    architecture: str
-    num_parameters: int
-    prompts: list[str]
-    super_weights: list[SuperWeight]  # confirmed
-    unconfirmed: list[SuperWeight]
-    super_activations: list[SuperActivation]
-    layers: list[LayerStats]
-    timings: dict[str, float]
-    base_loss: float
-    config: DetectionConfig
-    iterations: list[dict[str, Any]] = field(default_factory=list)
-    # largest |hidden state| after each layer (first prompt): massive activations with or without a super weight
-    residual_stream: list[dict[str, Any]] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        config = asdict(self.config)
-        config.pop("probe_text")
-        return {
-            "model": self.model,
-            "architecture": self.architecture,
-            "num_parameters": self.num_parameters,
-            "prompts": list(self.prompts),
-            "super_weights": [asdict(w) for w in self.super_weights + self.unconfirmed],
-            "super_activations": [asdict(a) for a in self.super_activations],
-            "layers": [asdict(s) for s in self.layers],
-            "residual_stream": self.residual_stream,
-            "timings": dict(self.timings),
-            "base_loss": self.base_loss,
-            "detection": {**config, "iterations": self.iterations},
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ScanResult:
-        """Rebuild a result from its JSON (for ablate/quantize/fingerprint given a saved scan)."""
-
-        def build(kind: type, item: dict[str, Any]) -> Any:
-            names = {f.name for f in fields(kind)}
-            return kind(**{k: v for k, v in item.items() if k in names})
-
-        try:
-            weights = [build(SuperWeight, w) for w in data["super_weights"]]
-            detection = dict(data.get("detection", {}))
-            iterations = detection.pop("iterations", [])
-            return cls(
-                model=data["model"],
-                architecture=data["architecture"],
-                num_parameters=int(data["num_parameters"]),
-                prompts=list(data["prompts"]),
-                super_weights=[w for w in weights if w.confirmed],
-                unconfirmed=[w for w in weights if not w.confirmed],
-                super_activations=[build(SuperActivation, a) for a in data.get("super_activations", [])],
-                layers=[build(LayerStats, s) for s in data.get("layers", [])],
-                timings=dict(data.get("timings", {})),
-                base_loss=float(data.get("base_loss", float("nan"))),
-                config=build(DetectionConfig, detection),
-                iterations=iterations,
-                residual_stream=list(data.get("residual_stream", [])),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise SuperweightError(f"not a superweight scan result ({type(exc).__name__}: {exc})") from None
-
-
-def weight_refs(model: nn.Module, weights: list[SuperWeight], down_proj: str | None = None) -> list[WeightRef]:
-    """Turn reported coordinates back into references on a loaded model (for interventions)."""
-    return weight_refs_from_sites(down_projections(model, down_proj), weights)
-
+TINY = 1e-30  # stands in for 0 under a log or a division: a layer whose maximum is exactly 0
 
 # --- spike statistics ---------------------------------------------------------------------------
 
 
 def robust_z(values: list[float], mad_floor: float) -> list[float]:
     """Leave-one-out robust z-score of log-magnitudes: how far each layer sits above the others."""
-    logs = [math.log(max(v, 1e-30)) for v in values]
+    logs = [math.log(max(v, TINY)) for v in values]
     if len(logs) < 2:
         return [0.0] * len(logs)
     scores = []
@@ -213,7 +63,7 @@ def robust_z(values: list[float], mad_floor: float) -> list[float]:
 
 def _ratio_to_others(values: list[float], i: int) -> float:
     others = values[:i] + values[i + 1 :]
-    return values[i] / max(statistics.median(others), 1e-30) if others else 1.0
+    return values[i] / max(statistics.median(others), TINY) if others else 1.0
 
 
 def _spiking(values: list[float], cfg: DetectionConfig) -> tuple[list[float], list[bool]]:
@@ -348,9 +198,15 @@ def _residual_stream(hidden: list[torch.Tensor]) -> list[dict[str, Any]]:
     return out
 
 
+def check_prompts(prompts: list[str] | tuple[str, ...] | None) -> None:
+    """Fail on an empty prompt before a model is loaded."""
+    for text in prompts or []:
+        if not text or not text.strip():
+            raise SuperweightError("empty prompt: give text with at least one token", option="prompt")
+
+
 def _encode(tokenizer: Any, text: str, device: torch.device) -> torch.Tensor:
-    if not text or not text.strip():
-        raise SuperweightError("empty prompt: give text with at least one token")
+    check_prompts([text])
     ids = tokenizer(text, return_tensors="pt").input_ids
     if ids.shape[1] == 0:
         raise SuperweightError(f"prompt {text!r} has no tokens")
@@ -362,7 +218,6 @@ def find_super_weights(
     tokenizer: Any,
     prompts: list[str] | tuple[str, ...] | None = None,
     config: DetectionConfig | None = None,
-    down_proj: str | None = None,
     model_name: str | None = None,
 ) -> ScanResult:
     """Find the super weights of ``model`` and the super activations they produce.
@@ -375,7 +230,7 @@ def find_super_weights(
     cfg = config or DetectionConfig()
     prompts = list(prompts or DEFAULT_PROMPTS)
     start = time.perf_counter()
-    sites = down_projections(model, down_proj)
+    sites = down_projections(model)
     device = next(model.parameters()).device
     prompt_ids = [_encode(tokenizer, p, device) for p in prompts]
     probe_ids = _encode(tokenizer, cfg.probe_text, device)
@@ -410,7 +265,7 @@ def find_super_weights(
             ctx = zeroed([ref])
             ctx.__enter__()
             after_run = _measure(model, sites, prompt_ids)
-            cand.spike_drop = 1 - abs(after_run.out_peak[layer].value) / max(before, 1e-30)
+            cand.spike_drop = 1 - abs(after_run.out_peak[layer].value) / max(before, TINY)
             accepted = cand.spike_drop >= cfg.min_spike_drop
             iterations.append(
                 {"iteration": iteration, "layer": layer, "row": cand.row, "col": cand.col,
@@ -431,7 +286,7 @@ def find_super_weights(
 
     base_loss = _probe_loss(model, probe_ids)
     for sw in found:
-        with zeroed(weight_refs_from_sites(sites, [sw])):
+        with zeroed(refs_for(model, [sw])):
             sw.loss_increase = _probe_loss(model, probe_ids) - base_loss
         sw.confirmed = sw.loss_increase >= cfg.min_loss_increase
     confirmed = [w for w in found if w.confirmed]
@@ -456,11 +311,32 @@ def find_super_weights(
         config=cfg,
         iterations=iterations,
         residual_stream=_residual_stream(hidden),
+        rows=weight_rows(model, found),
     )
 
 
-def weight_refs_from_sites(sites: list[DownProj], weights: list[SuperWeight]) -> list[WeightRef]:
-    return [WeightRef(find_down_proj(sites, w.module), w.row, w.col) for w in weights]
+def scan_model(lm: LoadedModel, prompts: list[str] | None = None, config: DetectionConfig | None = None) -> ScanResult:
+    """:func:`find_super_weights` on a loaded model, with where it came from and its load time."""
+    result = find_super_weights(lm.model, lm.tokenizer, prompts, config, model_name=lm.spec)
+    result.timings = {"load_s": lm.load_s, **result.timings}
+    result.source = {"path": lm.path, "kind": lm.source, "dequantized_from": lm.dequantized_from}
+    return result
+
+
+def weight_rows(model: nn.Module, weights: list[SuperWeight]) -> list[WeightRow]:
+    """The down-projection rows holding ``weights`` (confirmed or not), one per (module, row)."""
+    sites = down_projections(model)
+    out: dict[tuple[str, int], WeightRow] = {}
+    for sw in weights:
+        key = (sw.module, sw.row)
+        if key not in out:
+            values = find_down_proj(sites, sw.module).weight[sw.row].detach().float().cpu().tolist()
+            kind = "super weight" if sw.confirmed else "not confirmed"
+            out[key] = WeightRow(
+                f"layer {sw.layer} row {sw.row} ({kind})", sw.module, sw.row, [float(f"{v:.5g}") for v in values], []
+            )
+        out[key].marks.append(sw.col)
+    return list(out.values())
 
 
 def _layer_stats(run: _Pass, cfg: DetectionConfig) -> list[LayerStats]:

@@ -21,7 +21,7 @@ from superweight.errors import SuperweightError
 if TYPE_CHECKING:
     import torch
 
-    from superweight.detect.detection import ScanResult
+    from superweight.detect.result import ScanResult
     from superweight.model.loading import LoadedModel
 
 KINDS = ("zero", "sign", "bitflip", "scale")
@@ -217,7 +217,7 @@ def greedy(lm: LoadedModel, prompt: str, new_tokens: int) -> str:
 
 
 def _eval_ids(lm: LoadedModel, max_tokens: int, seq_len: int, data_dir: str | None) -> Any:
-    from superweight.measure.perplexity import load_text, tokenize_corpus
+    from superweight.measure.corpus import load_text, tokenize_corpus
 
     corpus = load_text("wikitext2", data_dir=data_dir, split="test")
     return tokenize_corpus(lm.tokenizer, corpus, seq_len=seq_len, max_tokens=max_tokens, model=lm.model)

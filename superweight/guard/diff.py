@@ -19,22 +19,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from superweight.dtypes import by_code, decode
 from superweight.errors import SuperweightError
-from superweight.guard.hashing import ModelFiles, TensorSpan, gguf_tensor_name, resolve_model_files
+from superweight.model.files import ModelFiles, TensorSpan, gguf_tensor_name, resolve_model_files
 
 if TYPE_CHECKING:
-    from superweight.detect.detection import ScanResult
+    from superweight.detect.result import ScanResult
 
-_NP = {
-    "F64": "<f8",
-    "F32": "<f4",
-    "F16": "<f2",
-    "I64": "<i8",
-    "I32": "<i4",
-    "I16": "<i2",
-    "I8": "i1",
-    "U8": "u1",
-}
 
 
 @dataclass
@@ -90,12 +81,11 @@ class DiffReport:
 def read_tensor(span: TensorSpan) -> np.ndarray:
     """One tensor as float32 (GGUF blocks dequantized), read from its byte range."""
     raw = np.fromfile(span.path, dtype=np.uint8, count=span.nbytes, offset=span.offset)
-    if span.dtype == "BF16":
-        return (raw.view("<u2").astype("<u4") << 16).view("<f4").reshape(span.shape)
-    if span.dtype in _NP:
-        return raw.view(_NP[span.dtype]).astype(np.float32).reshape(span.shape)
-    if span.itemsize is not None:
-        raise SuperweightError(f"cannot compare tensors of dtype {span.dtype} ({span.name})")
+    entry = by_code(span.dtype)
+    if entry is not None:
+        if entry.numpy is None and span.dtype != "BF16":
+            raise SuperweightError(f"cannot compare tensors of dtype {span.dtype} ({span.name})")
+        return decode(raw, span.dtype).reshape(span.shape)
     import gguf
 
     rows = math.prod(span.shape[:-1])

@@ -27,26 +27,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from superweight.dtypes import by_code, describe_bit, of_torch
 from superweight.errors import SuperweightError
-from superweight.model.files import (  # re-exported (see __all__)
-    ST_SIZES,
-    CorruptModelError,
-    ModelFiles,
-    TensorSpan,
-    gguf_tensor_name,
-    read_safetensors_header,
-    resolve_model_files,
-)
+from superweight.model.files import CorruptModelError, ModelFiles, TensorSpan
 
 if TYPE_CHECKING:
     from torch import nn
 
-__all__ = [
-    "ST_SIZES", "CorruptModelError", "FileRecord", "ModelFiles", "TensorRecord", "TensorSpan",
-    "count_nonfinite", "describe_bit", "element_of", "gguf_tensor_name", "hash_files", "hash_memory",
-    "hash_span", "locate_flip",
-    "read_safetensors_header", "resolve_model_files", "tensor_bytes", "torch_dtype_name",
-]  # fmt: skip
 
 CHUNK = 8 << 20  # bytes read per step: large enough for hashlib's speed, small enough for any RAM
 _MASK64 = (1 << 64) - 1
@@ -282,12 +269,10 @@ def hash_span(span: TensorSpan, algorithm: str = "sha256", flip: tuple[int, int]
 
 def torch_dtype_name(dtype: Any) -> str:
     """The safetensors name of a torch dtype ("F32")."""
-    from safetensors.torch import _TYPES  # name -> torch dtype, the library's own table
-
-    for name, dt in _TYPES.items():
-        if dt == dtype:
-            return name
-    raise SuperweightError(f"cannot fingerprint tensors of dtype {dtype}")
+    try:
+        return of_torch(dtype).code
+    except ValueError:
+        raise SuperweightError(f"cannot fingerprint tensors of dtype {dtype}") from None
 
 
 def tensor_bytes(tensor: Any) -> memoryview:
@@ -347,30 +332,16 @@ def locate_flip(old: TensorRecord | dict[str, Any], new: TensorRecord) -> tuple[
     return byte, k % 8
 
 
-def describe_bit(dtype: str, bit: int) -> str:
-    """What a bit of a float means: sign, exponent (MSB..LSB) or mantissa."""
-    layout = {"F32": (8, 23), "F16": (5, 10), "BF16": (8, 7), "F64": (11, 52)}.get(dtype)
-    if layout is None:
-        return f"bit {bit}"
-    exp_bits, man_bits = layout
-    if bit == exp_bits + man_bits:
-        return "sign"
-    if bit >= man_bits:
-        which = "MSB" if bit == exp_bits + man_bits - 1 else f"bit {bit - man_bits}"
-        return f"exponent {which}"
-    return f"mantissa bit {bit}"
-
-
 def element_of(byte: int, bit: int, dtype: str, shape: list[int] | tuple[int, ...]) -> dict[str, Any]:
     """Turn a byte/bit position in a tensor into an element index and a bit of that element."""
-    itemsize = ST_SIZES.get(dtype)
-    if itemsize is None:  # a GGUF block type: say which row and block
+    entry = by_code(dtype)
+    if entry is None:  # a GGUF block type: say which row and block
         import gguf
 
         elems, block_bytes = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[dtype]]
         row_bytes = shape[-1] // elems * block_bytes
         return {"byte": byte, "bit": bit, "row": byte // row_bytes, "block": byte % row_bytes // block_bytes}
-    flat = byte // itemsize
-    element_bit = (byte % itemsize) * 8 + bit
+    flat = byte // entry.itemsize
+    element_bit = (byte % entry.itemsize) * 8 + bit
     index = [int(i) for i in np.unravel_index(flat, tuple(shape))] if shape else []
     return {"index": index, "bit": element_bit, "meaning": describe_bit(dtype, element_bit), "byte": byte}

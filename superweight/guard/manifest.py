@@ -17,19 +17,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from superweight.dtypes import by_code, decode
 from superweight.errors import ManifestError
-from superweight.guard.hashing import (
-    FileRecord,
-    ModelFiles,
-    TensorRecord,
-    TensorSpan,
-    gguf_tensor_name,
-    tensor_bytes,
-    torch_dtype_name,
-)
+from superweight.guard.hashing import FileRecord, TensorRecord, tensor_bytes, torch_dtype_name
+from superweight.model.files import ModelFiles, TensorSpan, gguf_tensor_name
 
 if TYPE_CHECKING:
-    from superweight.detect.detection import ScanResult
+    from superweight.detect.result import ScanResult
     from superweight.guard.canary import Canary
     from superweight.model.loading import LoadedModel
 
@@ -88,12 +82,8 @@ def read_element(span: TensorSpan, index: tuple[int, ...]) -> dict[str, Any]:
 
 def decode_value(raw: bytes, dtype: str, col: int) -> float:
     """The value of one element from its bytes (a whole block for GGUF types)."""
-    if dtype == "BF16":
-        return float((np.frombuffer(raw, dtype="<u2").astype("<u4") << 16).view("<f4")[0])
-    np_types = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "I64": "<i8", "I32": "<i4", "I16": "<i2",
-                "I8": "i1", "U8": "u1", "U16": "<u2", "U32": "<u4", "U64": "<u8"}  # fmt: skip
-    if dtype in np_types:
-        return float(np.frombuffer(raw, dtype=np_types[dtype])[0])
+    if by_code(dtype) is not None:
+        return float(decode(raw, dtype)[0])
     import gguf
 
     qtype = gguf.GGMLQuantizationType[dtype]
@@ -102,13 +92,11 @@ def decode_value(raw: bytes, dtype: str, col: int) -> float:
     return float(values.reshape(-1)[col % elems])
 
 
-def super_weight_entries(
-    lm: LoadedModel, super_weights: list[Any], mf: ModelFiles | None, down_proj: str | None = None
-) -> list[dict[str, Any]]:
+def super_weight_entries(lm: LoadedModel, super_weights: list[Any], mf: ModelFiles | None) -> list[dict[str, Any]]:
     """Manifest entries for super weights: HF coordinates, the in-memory bits, and the bytes in the file."""
     from superweight.model.architectures import decoder_layers, down_projections, find_down_proj
 
-    sites = down_projections(lm.model, down_proj)
+    sites = down_projections(lm.model)
     entries = []
     for sw in super_weights:
         site = find_down_proj(sites, sw.module)
@@ -350,7 +338,8 @@ def fingerprint(
         >>> manifest = fingerprint("smollm2-135m")
         >>> save_manifest(manifest, "smollm2.manifest.json")
     """
-    from superweight.guard.hashing import hash_files, resolve_model_files
+    from superweight.guard.hashing import hash_files
+    from superweight.model.files import resolve_model_files
     from superweight.progress import log, step
 
     mf = resolve_model_files(spec)
@@ -362,14 +351,14 @@ def fingerprint(
     if scan or canary or scan_result is not None:
         from superweight.model.loading import load_model
 
-        lm = load_model(spec, dtype=dtype, device=device)
+        lm = load_model(spec, dtype=dtype, device=device, down_proj=down_proj)
         if scan_result is None and scan:
             from superweight.detect.detection import find_super_weights
 
             with step("finding super weights"):
-                scan_result = find_super_weights(lm.model, lm.tokenizer, down_proj=down_proj, model_name=lm.spec)
+                scan_result = find_super_weights(lm.model, lm.tokenizer, model_name=lm.spec)
         if scan_result is not None:
-            entries = super_weight_entries(lm, scan_result.super_weights, mf, down_proj)
+            entries = super_weight_entries(lm, scan_result.super_weights, mf)
         if canary:
             from superweight.guard.canary import run_canary
 

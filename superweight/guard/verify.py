@@ -19,22 +19,20 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from superweight.dtypes import by_code, describe_bit
 from superweight.errors import ManifestError
 from superweight.guard.hashing import (
-    ST_SIZES,
-    ModelFiles,
     TensorRecord,
-    describe_bit,
     element_of,
     hash_files,
     hash_memory,
     hash_span,
     locate_flip,
-    resolve_model_files,
     tensor_bytes,
     torch_dtype_name,
 )
 from superweight.guard.manifest import check_signature, decode_value, read_element
+from superweight.model.files import ModelFiles, resolve_model_files
 
 if TYPE_CHECKING:
     from superweight.model.loading import LoadedModel
@@ -131,13 +129,13 @@ def check_super_weight_bytes(manifest: dict[str, Any], files: dict[str, Path]) -
     return out
 
 
-def check_super_weights_memory(model: Any, manifest: dict[str, Any], down_proj: str | None = None,
+def check_super_weights_memory(model: Any, manifest: dict[str, Any],
                                rel_tol: float = 1e-2) -> list[SuperWeightStatus]:  # fmt: skip
     """Compare the super weights of a loaded model with the manifest: bits when the dtype matches,
     else the value within ``rel_tol`` (a bf16 copy rounds them)."""
     from superweight.model.architectures import down_projections, find_down_proj
 
-    sites = down_projections(model, down_proj)
+    sites = down_projections(model)
     out = []
     for e in manifest["super_weights"]:
         site = find_down_proj(sites, e["module"])
@@ -158,15 +156,9 @@ def check_super_weights_memory(model: Any, manifest: dict[str, Any], down_proj: 
 
 def _model_files_by_name(spec: str | None) -> dict[str, Path]:
     """File name -> path for a model spec, without parsing any file (for the fast path)."""
-    from superweight.model.loading import ALIASES, DEFAULT_MODEL, _alias_file
+    from superweight.model.spec import resolve_spec
 
-    spec = spec or DEFAULT_MODEL
-    path = _alias_file(spec) if spec in ALIASES else Path(spec).expanduser()
-    if path.is_file():
-        return {path.name: path}
-    if path.is_dir():
-        return {p.name: p for p in path.iterdir() if p.suffix in (".safetensors", ".gguf")}
-    return {}
+    return {p.name: p for p in resolve_spec(spec).weight_files}
 
 
 def compare_records(manifest: dict[str, Any], records: list[TensorRecord], spans: dict[str, Any] | None = None
@@ -259,7 +251,7 @@ def verify_model(
     sized = {f["name"]: f["size"] for f in manifest.get("files", [])}
     offsets_valid = bool(sized) and all(n in files and files[n].stat().st_size == s for n, s in sized.items())
     if fast and offsets_valid and manifest["super_weights"]:
-        if any(e.get("dtype") not in ST_SIZES for e in manifest["super_weights"]):
+        if any(by_code(e.get("dtype", "")) is None for e in manifest["super_weights"]):
             import gguf  # noqa: F401  (imported before the clock starts: it takes longer than the check)
         start = time.perf_counter()
         statuses = check_super_weight_bytes(manifest, files)

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from superweight.measure.perplexity import TokenWindows
+    from superweight.measure.corpus import TokenWindows
     from superweight.model.architectures import DownProj
 
 DEFAULT_BUDGET = 1 << 30  # bytes of saved hidden states per window

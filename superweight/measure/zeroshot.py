@@ -30,7 +30,7 @@ PAPER_TASKS = ("arc_challenge", "arc_easy", "hellaswag", "lambada_openai", "piqa
 
 
 def parse_tasks(text: str) -> list[str]:
-    """``--tasks a,b`` as a list; ``paper`` stands for the paper's seven."""
+    """``"a,b"`` as a list; ``paper`` stands for the paper's seven."""
     tasks = [t.strip() for t in text.split(",") if t.strip()]
     return list(PAPER_TASKS) if tasks == ["paper"] else tasks
 
@@ -207,7 +207,7 @@ def load_local(task: str, data_dir: str, split: str, **_metadata: Any) -> Any:
 
 
 def _online() -> bool:
-    from superweight.measure.perplexity import hub_reachable
+    from superweight.measure.corpus import hub_reachable
 
     return hub_reachable()
 
@@ -242,7 +242,7 @@ def _write_yaml(folder: Path, task: str, data_dir: Path) -> str:
 
 def plan_tasks(tasks: list[str], data_dir: str | os.PathLike | None) -> tuple[dict[str, Any], dict[str, TaskResult]]:
     """Which tasks run from local files, which from the hub, and which are skipped (with why)."""
-    from superweight.measure.perplexity import resolve_data_dir
+    from superweight.measure.corpus import resolve_data_dir
 
     unknown = [t for t in tasks if t not in ALL_TASKS]
     if unknown:
@@ -261,7 +261,7 @@ def plan_tasks(tasks: list[str], data_dir: str | os.PathLike | None) -> tuple[di
         if online:
             runnable[task] = ("hub", None, [])
         else:
-            where = f"in {root}" if root is not None else "(no --data-dir)"
+            where = f"in {root}" if root is not None else "(no data folder given)"
             reason = f"no local copy {where} and offline"
             skipped[task] = TaskResult(task, None, None, 0, "none", "", 0.0, skipped=reason)
     return runnable, skipped

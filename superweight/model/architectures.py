@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import fnmatch
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -25,7 +27,7 @@ if TYPE_CHECKING:
 class Adapter:
     family: str
     classes: tuple[str, ...]  # exact Hugging Face model class names
-    layers: str  # dotted path from the model to the ModuleList of decoder layers
+    layers: str | None  # dotted path from the model to the ModuleList of decoder layers (None: unknown)
     down_proj: str | None  # dotted path from a layer to its dense down-projection (None: MoE only)
     experts: str | None = None  # dotted path from a layer to a fused experts module (param `down_proj`)
     # Post-norm families (Gemma 2/3, OLMo 2) normalise the MLP output before adding it to the residual
@@ -35,6 +37,8 @@ class Adapter:
     # The model's decoder loop is a plain `hidden = layer(hidden, ...)`, so evaluation may start at any
     # layer from saved hidden states (superweight.measure.conditions reuses them across conditions).
     layerwise: bool = False
+    # An ad-hoc adapter (``--down-proj``): a glob over module names instead of the paths above.
+    pattern: str | None = None
 
 
 _REGISTRY: dict[str, Adapter] = {}
@@ -44,6 +48,17 @@ def register_adapter(adapter: Adapter) -> None:
     """Add (or replace) an adapter; later work and users extend the registry this way."""
     for cls in adapter.classes:
         _REGISTRY[cls] = adapter
+
+
+@contextmanager
+def registry_restored() -> Iterator[None]:
+    """Undo every registration made inside the block (tests, and callers that try a pattern)."""
+    saved = dict(_REGISTRY)
+    try:
+        yield
+    finally:
+        _REGISTRY.clear()
+        _REGISTRY.update(saved)
 
 
 for _adapter in (
@@ -163,8 +178,9 @@ def adapter_for(model: nn.Module) -> Adapter:
     adapter = _REGISTRY.get(name)
     if adapter is None:
         raise UnsupportedArchitectureError(
-            f"unsupported architecture {name}; supported: {', '.join(supported_classes())}. "
-            "Name the down-projection by hand with --down-proj PATTERN (e.g. 'model.layers.*.mlp.down_proj')"
+            f"unsupported architecture {name}; supported: {', '.join(supported_classes())}. Name its "
+            "down-projections with {option} PATTERN, a glob over module names (e.g. 'model.layers.*.mlp.down_proj')",
+            option="down_proj",
         )
     return adapter
 
@@ -176,36 +192,73 @@ def architecture_name(model: nn.Module) -> str:
 _LAYER_INDEX = re.compile(r"(?:^|\.)(\d+)(?:\.|$)")
 
 
-def _down_projections_by_pattern(model: nn.Module, pattern: str) -> list[DownProj]:
+def layer_index(name: str) -> int | None:
+    """The decoder-layer index in a module path (``model.layers.11.mlp.down_proj`` -> 11), or None."""
+    match = _LAYER_INDEX.search(name)
+    return int(match.group(1)) if match else None
+
+
+def _match_pattern(model: nn.Module, pattern: str) -> list[DownProj]:
     sites = []
     for name, module in model.named_modules():
         if not fnmatch.fnmatchcase(name, pattern):
             continue
         if type(module).__name__ not in ("Linear", "Conv1D") or module.weight.dim() != 2:
             raise UnsupportedArchitectureError(
-                f"--down-proj {pattern!r} matched {name}, a {type(module).__name__}, not a Linear layer"
+                f"{pattern!r} matched {name}, a {type(module).__name__}, not a Linear layer",
+                option="down_proj",
             )
-        match = _LAYER_INDEX.search(name)
-        if match is None:
-            raise UnsupportedArchitectureError(f"--down-proj matched {name}, which has no layer index")
-        sites.append(DownProj(int(match.group(1)), name, module))
+        index = layer_index(name)
+        if index is None:
+            raise UnsupportedArchitectureError(
+                f"{pattern!r} matched {name}, which has no layer index", option="down_proj"
+            )
+        sites.append(DownProj(index, name, module))
     if not sites:
+        example = next((n for n, m in model.named_modules() if type(m).__name__ == "Linear"), "")
         raise UnsupportedArchitectureError(
-            f"--down-proj {pattern!r} matched no module; module names look like "
-            f"{next(n for n, m in model.named_modules() if type(m).__name__ == 'Linear')!r}"
+            f"{pattern!r} matched no module; module names look like {example!r}", option="down_proj"
         )
     return sorted(sites, key=lambda s: (s.layer, s.name))
 
 
+def register_pattern(model: nn.Module, pattern: str) -> Adapter:
+    """Register an adapter for ``model``'s class from a glob over its module names (``--down-proj``).
+
+    The decoder layers are the ModuleList the matches are numbered in, when there is one, so that the
+    residual stream can be read too. Replaces a built-in adapter for that class: the user asked.
+    """
+    from torch import nn as torch_nn
+
+    sites = _match_pattern(model, pattern)
+    first = sites[0].name
+    container = first[: first.index(f".{sites[0].layer}.")] if f".{sites[0].layer}." in first else None
+    if container is not None:
+        try:
+            found = _get(model, container)
+        except AttributeError:
+            found = None
+        container = container if isinstance(found, torch_nn.ModuleList) else None
+    adapter = Adapter("pattern", (type(model).__name__,), container, None, pattern=pattern)
+    register_adapter(adapter)
+    return adapter
+
+
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    return _get(model, adapter_for(model).layers)
-
-
-def down_projections(model: nn.Module, pattern: str | None = None) -> list[DownProj]:
-    """Every down-projection of the model, in layer order (MoE: every expert, then the shared one)."""
-    if pattern:
-        return _down_projections_by_pattern(model, pattern)
     adapter = adapter_for(model)
+    if adapter.layers is None:
+        raise UnsupportedArchitectureError(
+            f"the down-projection pattern {adapter.pattern!r} does not say where {type(model).__name__}'s "
+            "decoder layers are"
+        )
+    return _get(model, adapter.layers)
+
+
+def down_projections(model: nn.Module) -> list[DownProj]:
+    """Every down-projection of the model, in layer order (MoE: every expert, then the shared one)."""
+    adapter = adapter_for(model)
+    if adapter.pattern is not None:
+        return _match_pattern(model, adapter.pattern)
     prefix = adapter.layers
     sites: list[DownProj] = []
     for i, layer in enumerate(_get(model, prefix)):
@@ -233,7 +286,12 @@ def find_down_proj(sites: list[DownProj], module: str, expert: int | None = None
 
 def linear_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """Every 2-D Linear / Conv1D inside the decoder layers (embeddings and lm_head excluded)."""
-    prefix = adapter_for(model).layers + "."
+    layers = adapter_for(model).layers
+    if layers is None:
+        raise UnsupportedArchitectureError(
+            f"{type(model).__name__}'s decoder layers are unknown: register an adapter with its layers path"
+        )
+    prefix = layers + "."
     return [
         (name, module)
         for name, module in model.named_modules()

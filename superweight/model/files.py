@@ -19,7 +19,6 @@ from superweight.dtypes import by_code
 from superweight.errors import ModelNotFoundError, SuperweightError
 
 
-
 class CorruptModelError(ModelNotFoundError):
     """A model file that cannot be parsed: truncated, or with a header that lies about its contents."""
 
@@ -73,31 +72,26 @@ class ModelFiles:
 
 
 def resolve_model_files(spec: str | None) -> ModelFiles:
-    """Find the weight files of an alias, a ``.gguf`` file, a ``.safetensors`` file or an HF folder."""
-    from superweight.model.loading import ALIASES, DEFAULT_MODEL, _alias_file
+    """The weight files of an alias, a ``.gguf`` file, a ``.safetensors`` file or an HF folder, with every span."""
+    from superweight.model.spec import resolve_spec
 
-    spec = spec or DEFAULT_MODEL
-    path = Path(spec).expanduser()
-    if spec in ALIASES:
-        path = _alias_file(spec)
-    if path.is_file() and path.suffix == ".gguf":
-        return _gguf_files(spec, path)
-    if path.is_file() and path.suffix == ".safetensors":
-        return _safetensors_files(spec, path.parent, [path])
-    if path.is_dir():
+    resolved = resolve_spec(spec)
+    path = resolved.path
+    if resolved.kind in ("alias", "gguf"):
+        return _gguf_files(resolved.spec, path)
+    if resolved.kind == "safetensors":
+        return _safetensors_files(resolved.spec, path.parent, [path])
+    if resolved.kind == "folder":
         files = sorted(path.glob("*.safetensors"))
         if not files:
             ggufs = sorted(path.glob("*.gguf"))
             if len(ggufs) == 1:
-                return _gguf_files(spec, ggufs[0])
+                return _gguf_files(resolved.spec, ggufs[0])
             hint = " (only pickled .bin weights: convert them to safetensors first)" if any(path.glob("*.bin")) else ""
             raise ModelNotFoundError(f"{path} holds no .safetensors or single .gguf file{hint}")
-        return _safetensors_files(spec, path, files)
-    if path.exists():
-        raise ModelNotFoundError(f"{path} is neither a .gguf, a .safetensors file nor a model folder")
+        return _safetensors_files(resolved.spec, path, files)
     raise ModelNotFoundError(
-        f"no such model file or folder: {spec!r} (fingerprint reads files: give an alias "
-        f"({', '.join(ALIASES)}), a .gguf file, a .safetensors file or an HF folder)"
+        f"{resolved.spec!r} is a hub id; this step reads weight files: download the model and give its folder"
     )
 
 

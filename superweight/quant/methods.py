@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from superweight.errors import QuantizationError
-from superweight.quant.rtn import BitCount, QuantConfig, QuantMeta, _group_size, dequantize, quantize
+from superweight.quant.rtn import BitCount, QuantConfig, QuantMeta, dequantize, group_size, quantize
 
 if TYPE_CHECKING:
     import torch
@@ -241,7 +241,7 @@ def hqq_quantize(
     w = weight.detach().float()
     if exclude is not None:
         w = w.masked_fill(exclude, 0.0)
-    per_row, width = _group_size((rows, cols), config.block)
+    per_row, width = group_size((rows, cols), config.block)
     if config.block == "tensor":
         parts = [(w.reshape(1, -1), 1, rows * cols)]
     elif config.block == "channel":
@@ -346,7 +346,7 @@ def apply_quantization(
 
     check_combination(method, config)
     for _, module in snapshot.linears:  # fail on a bad block before touching any weight
-        _group_size(tuple(linear_weight(module).shape), config.block)
+        group_size(tuple(linear_weight(module).shape), config.block)
     start = time.perf_counter()
     total = BitCount(0, 0, 0, 0)
     report = QuantReport(method.label, config.bits, config.label, total, 0.0)

@@ -134,7 +134,7 @@ class QuantMeta:
 # ------------------------------------------------------------------------------------------ layout
 
 
-def _group_size(shape: tuple[int, int], block: int | str) -> tuple[int, int]:
+def group_size(shape: tuple[int, int], block: int | str) -> tuple[int, int]:
     """(groups per row, group width); ``tensor`` is handled as one row of every weight."""
     rows, cols = shape
     if block == "channel":
@@ -154,7 +154,7 @@ def _grouped(t: torch.Tensor, block: int | str, fill: float) -> torch.Tensor:
     import torch.nn.functional as F
 
     rows, cols = t.shape
-    per_row, width = _group_size((rows, cols), block)
+    per_row, width = group_size((rows, cols), block)
     if block == "tensor":
         return t.reshape(1, -1)
     pad = per_row * width - cols

@@ -2,8 +2,8 @@
 
 The page is self-contained (figures as data URIs, CSS inline, no script, no network), so it opens
 from a mail attachment or an air-gapped machine exactly as it does here. It is rebuilt from the
-payload alone, which is why ``superweight report`` can regenerate it from ``results.json``.
-The sentences are built from the numbers in the payload, never typed in by hand.
+results document alone, which is why ``superweight report`` can regenerate it from ``results.json``.
+The sentences are built from the numbers in the results, never typed in by hand.
 """
 
 from __future__ import annotations
@@ -11,14 +11,14 @@ from __future__ import annotations
 import base64
 import html
 import json
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from superweight.errors import SuperweightError
 from superweight.io import atomic_write_bytes, atomic_write_text, to_json
-from superweight.report.explain import captions, fmt_value, summary
+from superweight.report.explain import fmt_value
+from superweight.report.figures import DrawnFigure, draw_all, render
+from superweight.report.pages import Page, page_for, read_result
 
 FIGURE_DIR = "figures"
 MAX_ROWS = 60
@@ -119,26 +119,28 @@ def _image(fig_png: bytes, alt: str) -> str:
     return f'<img src="data:image/png;base64,{data}" alt="{html.escape(alt)}">'
 
 
-def report_html(command: str, payload: dict[str, Any], figures: list[tuple[str, str, bytes | None, str]]) -> str:
-    """The page. ``figures``: (name, title, png bytes or None, caption or skip reason)."""
-    model = payload.get("model") or payload.get("label") or ""
-    title = f"superweight {command}" + (f": {model}" if model else "")
+def report_html(page: Page, result: Any, doc: dict[str, Any], figures: list[tuple[DrawnFigure, bytes | None]]) -> str:
+    """The page of one results document: sentences, figures (PNG, or why each was skipped), every number."""
     from superweight import __version__
 
-    sentences = summary(command, payload)
+    heading = page.heading(result)
+    title = f"superweight {page.command}" + (f": {heading}" if heading else "")
+    try:
+        sentences = page.summary(result)
+    except (KeyError, TypeError, ValueError, ZeroDivisionError, AttributeError, IndexError) as exc:
+        sentences = [f"(the summary could not be written: {type(exc).__name__}: {exc})"]
     fig_parts = []
-    for name, fig_title, png, text in figures:
+    for drawn, png in figures:
+        name, fig_title = html.escape(drawn.spec.name), html.escape(drawn.spec.title)
         if png is None:
-            fig_parts.append(
-                f'<p class="skipped" id="{html.escape(name)}">Figure “{html.escape(fig_title)}” was skipped: '
-                f"{html.escape(text)}.</p>"
-            )
+            why = html.escape(drawn.skipped or "")
+            fig_parts.append(f'<p class="skipped" id="{name}">Figure “{fig_title}” was skipped: {why}.</p>')
         else:
             fig_parts.append(
-                f'<figure id="{html.escape(name)}">{_image(png, fig_title)}'
-                f"<figcaption><b>{html.escape(fig_title)}.</b> {html.escape(text)}</figcaption></figure>"
+                f'<figure id="{name}">{_image(png, drawn.spec.title)}'
+                f"<figcaption><b>{fig_title}.</b> {html.escape(drawn.caption)}</figcaption></figure>"
             )
-    raw = to_json(payload)
+    raw = to_json(doc)
     if len(raw) > 200_000:
         raw = raw[:200_000] + "\n... (truncated; the full results are in results.json)"
     return f"""<!DOCTYPE html>
@@ -154,96 +156,31 @@ def report_html(command: str, payload: dict[str, Any], figures: list[tuple[str, 
 {"".join(f"<p>{html.escape(s)}</p>" for s in sentences)}
 {("<h2>Figures</h2>" + "".join(fig_parts)) if fig_parts else ""}
 <h2>Results</h2>
-{details_html(payload)}
+{details_html(doc)}
 <details><summary>results.json</summary><pre>{html.escape(raw)}</pre></details>
 </body></html>
 """
 
 
-def build_report(out_dir: str | Path, command: str, payload: dict[str, Any]) -> Report:
-    """Draw ``command``'s figures into ``out_dir/figures`` (PNG + SVG) and write ``out_dir/report.html``."""
-    from superweight.report.figures import FIGURES, draw_all, render
-
+def build_report(out_dir: str | Path, doc: dict[str, Any]) -> Report:
+    """Draw a results document's figures into ``out_dir/figures`` (PNG + SVG) and write ``report.html``."""
+    page = page_for(doc["command"])
+    result = read_result(page, doc)
     out = Path(out_dir)
     fig_dir = out / FIGURE_DIR
     report = Report(out / "report.html")
-    texts = captions(command, payload)
-    entries: list[tuple[str, str, bytes | None, str]] = []
-    for drawn in draw_all(command, payload):
-        name = drawn.spec.name
-        if drawn.figure is None:
-            report.skipped[name] = drawn.skipped or "no data"
+    entries: list[tuple[DrawnFigure, bytes | None]] = []
+    for d in draw_all(page, result):
+        name = d.spec.name
+        if d.figure is None:
+            report.skipped[name] = d.skipped or "no data"
             for ext in ("png", "svg"):  # a stale figure from an earlier run would contradict the page
                 (fig_dir / f"{name}.{ext}").unlink(missing_ok=True)
-            entries.append((name, drawn.spec.title, None, report.skipped[name]))
+            entries.append((d, None))
             continue
-        png = render(drawn.figure, "png")
+        png = render(d.figure, "png")
         report.figure_files.append(atomic_write_bytes(fig_dir / f"{name}.png", png))
-        report.figure_files.append(atomic_write_bytes(fig_dir / f"{name}.svg", render(drawn.figure, "svg")))
-        entries.append((name, drawn.spec.title, png, texts.get(name, "")))
-    if command not in FIGURES:
-        print(
-            f"superweight: no figures are defined for {command!r}; the report has tables only",
-            file=sys.stderr,
-        )
-    atomic_write_text(report.html_path, report_html(command, payload, entries))
+        report.figure_files.append(atomic_write_bytes(fig_dir / f"{name}.svg", render(d.figure, "svg")))
+        entries.append((d, png))
+    atomic_write_text(report.html_path, report_html(page, result, doc, entries))
     return report
-
-
-def read_run(run_dir: str | Path) -> tuple[str, dict[str, Any]]:
-    """A run folder's (command, payload), with one-line errors that say what to do."""
-    path = Path(run_dir)
-    results = path / "results.json" if path.is_dir() else path
-    if not path.exists():
-        raise SuperweightError(f"{path} does not exist; pass a run folder written with --out DIR")
-    if not results.is_file():
-        raise SuperweightError(f"{path} has no results.json; pass a run folder written with --out DIR")
-    try:
-        data = json.loads(results.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise SuperweightError(f"{results} is not valid JSON ({exc.msg if hasattr(exc, 'msg') else exc})") from None
-    if not isinstance(data, dict) or not isinstance(data.get("command"), str):
-        raise SuperweightError(f"{results} has no 'command' field; it was not written by superweight --out")
-    command = data.pop("command")
-    return command, data
-
-
-def compare_payload(runs: list[tuple[str, str, dict[str, Any]]]) -> dict[str, Any]:
-    """Several runs side by side: which models have super weights, where, and how strong.
-
-    ``models`` is the one-row-per-run table the page shows first; ``runs`` keeps what the figure needs.
-    """
-    models, rows = [], []
-    for label, command, payload in runs:
-        sws = [sw for sw in payload.get("super_weights") or [] if sw.get("confirmed", True)]
-        acts = payload.get("super_activations") or []
-        n_layers = len(payload.get("layers") or [])
-        strongest = max(sws, key=lambda sw: abs(float(sw.get("value") or 0)), default=None)
-        models.append(
-            {
-                "run": label,
-                "model": payload.get("model"),
-                "architecture": payload.get("architecture"),
-                "parameters (M)": round(payload["num_parameters"] / 1e6, 1) if payload.get("num_parameters") else None,
-                "layers": n_layers or None,
-                "super weights": len(sws),
-                "where": "; ".join(f"layer {sw.get('layer')} [{sw.get('row')}, {sw.get('col')}]" for sw in sws),
-                "depth": (round(int(strongest["layer"]) / max(n_layers - 1, 1), 2) if strongest and n_layers else None),
-                "value": strongest.get("value") if strongest else None,
-                "super activation": max((abs(float(a.get("value") or 0)) for a in acts), default=None),
-            }
-        )
-        rows.append(
-            {
-                "label": label,
-                "command": command,
-                "model": payload.get("model"),
-                "num_layers": n_layers or None,
-                "super_weights": [
-                    {k: sw.get(k) for k in ("layer", "module", "row", "col", "value", "confirmed") if k in sw}
-                    for sw in sws
-                ],
-                "layers": payload.get("layers") or [],
-            }
-        )
-    return {"models": models, "runs": rows}

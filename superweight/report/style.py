@@ -1,4 +1,4 @@
-"""The house style and payload helpers shared by every figure module.
+"""The house style and the marks shared by every page's figures.
 
 Figures are plain :class:`matplotlib.figure.Figure` objects (no pyplot, no global state, Agg only),
 so tests can inspect axes, labels and marks before anything is saved. A figure whose data is absent
@@ -8,9 +8,8 @@ raises :class:`MissingData`, whose message becomes the report's sentence about t
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -61,15 +60,6 @@ class MissingData(Exception):
     """The payload lacks what this figure needs; the message says what, for the report."""
 
 
-@dataclass(frozen=True)
-class FigureSpec:
-    """A figure of one command: ``draw(payload) -> Figure`` (or MissingData), saved as ``name``.png/.svg."""
-
-    name: str
-    title: str
-    draw: Callable[[dict[str, Any]], Figure]
-
-
 @contextmanager
 def style() -> Iterator[None]:
     """The house style, scoped: library users' own rcParams are left alone."""
@@ -86,16 +76,6 @@ def new_figure(width: float = 7.0, height: float = 3.6) -> Figure:
     return Figure(figsize=(width, height), layout="constrained")
 
 
-# ---------------------------------------------------------------- payload helpers
-
-
-def need(payload: dict[str, Any], key: str, what: str) -> Any:
-    value = payload.get(key)
-    if value in (None, [], {}):
-        raise MissingData(f"the results have no {what} ({key!r})")
-    return value
-
-
 def num(value: Any) -> float:
     """A number from JSON, where non-finite values were written as strings ("nan", "inf")."""
     if isinstance(value, bool) or value is None:
@@ -107,18 +87,6 @@ def num(value: Any) -> float:
     except (TypeError, ValueError):
         return math.nan
 
-
-def super_weight_layers(payload: dict[str, Any]) -> list[int]:
-    """Layers holding a confirmed super weight (all listed ones when none says ``confirmed``)."""
-    sws = payload.get("super_weights") or []
-    confirmed = [sw for sw in sws if sw.get("confirmed", True)]
-    return sorted({int(sw["layer"]) for sw in confirmed if sw.get("layer") is not None})
-
-
-def candidate_layers(payload: dict[str, Any]) -> list[int]:
-    """Layers of unconfirmed candidates only (a spike whose weight did not cost loss when zeroed)."""
-    sws = [sw for sw in payload.get("super_weights") or [] if sw.get("confirmed") is False]
-    return sorted({int(sw["layer"]) for sw in sws if sw.get("layer") is not None} - set(super_weight_layers(payload)))
 
 
 def mark_candidates(ax: Axes, layers: list[int]) -> None:
@@ -158,88 +126,3 @@ def maybe_log(ax: Axes, values: list[float], axis: str = "y", ratio: float = 100
     pos = [v for v in values if v > 0 and math.isfinite(v)]
     if pos and len(pos) == len([v for v in values if math.isfinite(v)]) and max(pos) / min(pos) > ratio:
         (ax.set_yscale if axis == "y" else ax.set_xscale)("log")
-
-
-def model_title(payload: dict[str, Any], what: str) -> str:
-    model = payload.get("model")
-    return f"{what}: {model}" if model else what
-
-
-def block_order(block: str) -> tuple[int, float]:
-    b = str(block)
-    if b.isdigit():
-        return (0, float(b))
-    return (1, {"channel": 0, "row": 0, "tensor": 1}.get(b, 2))
-
-
-def is_activation_quant(row: dict[str, Any]) -> bool:
-    """W8A8 rows quantize activations too: they are not comparable with weight-only points."""
-    return str(row.get("method", "")).startswith("w8a8") or "activation" in row
-
-
-def quant_results(payload: dict[str, Any], activation: bool = False) -> list[dict[str, Any]]:
-    """Weight-only rows (or, with ``activation``, the W8A8 rows) that name a method."""
-    rows = [
-        r
-        for r in need(payload, "results", "quantization results")
-        if r.get("method") is not None and is_activation_quant(r) == activation
-    ]
-    if not rows:
-        kind = "W8A8 (activation)" if activation else "weight-only"
-        raise MissingData(f"the quantization results hold no {kind} rows")
-    return rows
-
-
-def ppl_value(row: dict[str, Any]) -> float:
-    p = row.get("perplexity")
-    if isinstance(p, dict):
-        return num(p.get("wikitext2", next(iter(p.values()), None)))
-    return num(p)
-
-
-def baseline_ppl(payload: dict[str, Any]) -> float | None:
-    base = payload.get("baseline") or {}
-    value = ppl_value(base) if base else math.nan
-    return value if math.isfinite(value) else None
-
-
-# ---------------------------------------------------------------- attack / verify / diff
-
-NOT_CAUGHT = "not caught"
-
-
-def caught_by(row: dict[str, Any]) -> list[str]:
-    """The checks that caught an attack: ``caught`` as {check: bool}, a list, or one name."""
-    caught = row.get("caught_by", row.get("caught"))
-    if isinstance(caught, dict):
-        return [str(k) for k, v in caught.items() if v is True]
-    if isinstance(caught, str):
-        return [caught] if caught and caught != "none" else []
-    if isinstance(caught, list):
-        return [str(c) for c in caught]
-    return []
-
-
-def caught_label(row: dict[str, Any]) -> str:
-    checks = caught_by(row)
-    return f"caught by {', '.join(checks)}" if checks else NOT_CAUGHT
-
-
-def attack_rows(payload: dict[str, Any]) -> list[dict[str, Any]]:
-    """Attack results: ``results`` (as attack writes them) or ``attacks``."""
-    rows = payload.get("attacks") or payload.get("results")
-    if not isinstance(rows, list) or not rows or not isinstance(rows[0], dict):
-        raise MissingData("the results list no attacks")
-    return rows
-
-
-def attack_name(row: dict[str, Any]) -> str:
-    return str(row.get("attack") or row.get("name") or f"{row.get('kind')} {row.get('target')} n={row.get('n')}")
-
-
-def damage(row: dict[str, Any]) -> tuple[float, str]:
-    """How much an attack hurt: perplexity ratio to the clean model where recorded, else perplexity."""
-    for key in ("ratio", "ppl_ratio", "perplexity_ratio"):
-        if row.get(key) is not None:
-            return num(row[key]), "perplexity / clean perplexity"
-    return ppl_value(row), "perplexity after the attack"

@@ -1,0 +1,155 @@
+"""What a scan finds, as typed results that round-trip through JSON (``to_dict`` / ``from_dict``)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from superweight.coordinates import SuperActivation, SuperWeight
+from superweight.errors import ResultFileError, SuperweightError
+from superweight.results import build, read_document
+
+DEFAULT_PROMPTS: tuple[str, ...] = (
+    "Summer is hot. Winter is",
+    "The capital of France is Paris, and the capital of Italy is",
+    "def add(a, b):\n    return a + b",
+    "In 1969, two astronauts walked on the Moon while millions watched on television.",
+)
+
+PROBE_TEXT = (
+    "The river flows through the old town, past the market square and the church. In spring, the water "
+    "rises with melting snow from the mountains, and the fishermen wait for the first warm days. Most of "
+    "the houses along the bank were built in the eighteenth century, when trade on the river made the town "
+    "rich. Today, visitors come to walk along the water, to eat in the small restaurants, and to see the "
+    "bridge that has stood for more than three hundred years."
+)
+
+
+@dataclass
+class DetectionConfig:
+    """How spikes are decided and candidates confirmed. Defaults work across scales and dtypes."""
+
+    z_threshold: float = 3.5  # robust z of log|max activation| vs the other layers (Iglewicz-Hoaglin: 3.5)
+    min_ratio: float = 5.0  # ...and at least this many times the other layers' median
+    mad_floor: float = (
+        0.25  # floor on the MAD of log-magnitudes, so near-identical layers cannot make tiny noise a spike
+    )
+    max_iterations: int = 8  # cap on zero-and-rerun rounds
+    min_spike_drop: float = 0.3  # zeroing a candidate must lower its layer's output spike by this fraction
+    min_loss_increase: float = 0.25  # nats of probe loss zeroing must add to confirm (x1.28 perplexity)
+    fire_fraction: float = 0.25  # a token "fires" where |activation| >= this fraction of the peak
+    probe_text: str = PROBE_TEXT
+
+    def __post_init__(self) -> None:
+        for name in ("z_threshold", "mad_floor"):
+            if not getattr(self, name) > 0:
+                raise SuperweightError(f"must be > 0 (got {getattr(self, name)})", option=name)
+        if not self.min_ratio >= 1:
+            raise SuperweightError(f"must be at least 1 (got {self.min_ratio})", option="min_ratio")
+        if self.max_iterations < 1:
+            raise SuperweightError(f"must be at least 1 (got {self.max_iterations})", option="max_iterations")
+        for name in ("min_spike_drop", "fire_fraction"):
+            if not 0 < getattr(self, name) <= 1:
+                raise SuperweightError(f"must be in (0, 1] (got {getattr(self, name)})", option=name)
+        if not self.min_loss_increase >= 0:
+            raise SuperweightError(f"must be >= 0 nats (got {self.min_loss_increase})", option="min_loss_increase")
+        if not self.probe_text.strip():
+            raise SuperweightError("the probe text is empty", option="probe_text")
+
+
+@dataclass
+class LayerStats:
+    """Per-layer evidence: the largest |input| and |output| of its down-projection(s) over all prompts."""
+
+    layer: int
+    max_input: float
+    input_channel: int
+    max_output: float
+    output_channel: int
+    token: int  # position of the output max
+    input_z: float = 0.0
+    output_z: float = 0.0
+    spike: bool = False
+
+
+@dataclass
+class WeightRow:
+    """One down-projection row holding super weights (or candidates), for the heat map of the report."""
+
+    label: str
+    module: str
+    row: int
+    values: list[float]  # rounded to 5 significant digits, so results.json stays small
+    marks: list[int]  # the columns found in this row
+
+
+@dataclass
+class ScanResult:
+    model: str
+    architecture: str
+    num_parameters: int
+    prompts: list[str]
+    super_weights: list[SuperWeight]  # confirmed
+    unconfirmed: list[SuperWeight]
+    super_activations: list[SuperActivation]
+    layers: list[LayerStats]
+    timings: dict[str, float]
+    base_loss: float
+    config: DetectionConfig
+    iterations: list[dict[str, Any]] = field(default_factory=list)
+    # largest |hidden state| after each layer (first prompt): massive activations with or without a super weight
+    residual_stream: list[dict[str, Any]] = field(default_factory=list)
+    rows: list[WeightRow] = field(default_factory=list)
+    source: dict[str, Any] = field(default_factory=dict)  # where the model came from (path, kind, dequantized_from)
+
+    def to_dict(self) -> dict[str, Any]:
+        config = asdict(self.config)
+        config.pop("probe_text")
+        return {
+            "model": self.model,
+            "architecture": self.architecture,
+            "num_parameters": self.num_parameters,
+            "prompts": list(self.prompts),
+            "super_weights": [asdict(w) for w in self.super_weights + self.unconfirmed],
+            "super_activations": [asdict(a) for a in self.super_activations],
+            "layers": [asdict(s) for s in self.layers],
+            "residual_stream": self.residual_stream,
+            "rows": [asdict(r) for r in self.rows],
+            "source": dict(self.source),
+            "timings": dict(self.timings),
+            "base_loss": self.base_loss,
+            "detection": {**config, "iterations": self.iterations},
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ScanResult:
+        """Rebuild a result from its JSON (for ablate/quantize/fingerprint given a saved scan)."""
+        try:
+            weights = [build(SuperWeight, w) for w in data["super_weights"]]
+            detection = dict(data["detection"])
+            iterations = detection.pop("iterations")
+            return cls(
+                model=data["model"],
+                architecture=data["architecture"],
+                num_parameters=int(data["num_parameters"]),
+                prompts=list(data["prompts"]),
+                super_weights=[w for w in weights if w.confirmed],
+                unconfirmed=[w for w in weights if not w.confirmed],
+                super_activations=[build(SuperActivation, a) for a in data["super_activations"]],
+                layers=[build(LayerStats, s) for s in data["layers"]],
+                timings=dict(data["timings"]),
+                base_loss=float(data["base_loss"]),
+                config=build(DetectionConfig, detection),
+                iterations=iterations,
+                residual_stream=list(data["residual_stream"]),
+                rows=[build(WeightRow, r) for r in data["rows"]],
+                source=dict(data["source"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ResultFileError(f"not a superweight scan result ({type(exc).__name__}: {exc})") from None
+
+
+def read_scan(path: str | Path, option: str | None = "scan") -> ScanResult:
+    """The scan saved at ``path`` (``superweight scan --json`` or a run folder's results.json)."""
+    return ScanResult.from_dict(read_document(path, "scan", option=option))
