@@ -25,9 +25,9 @@ def main() -> None:
     import torch
 
     from superweight import find_super_weights, load_model
+    from superweight.measure.ablation import activation_probe, build_conditions
     from superweight.measure.conditions import measure_conditions
     from superweight.measure.corpus import load_text, tokenize_corpus
-    from superweight.measure.experiments import _sa_probe, build_conditions
     from superweight.measure.perplexity import perplexity_on_ids
     from superweight.progress import set_quiet
     from superweight.report.tables import format_table
@@ -64,7 +64,7 @@ def main() -> None:
 
     scan = find_super_weights(lm.model, lm.tokenizer, model_name=lm.spec)
     conditions = build_conditions(lm.model, scan)
-    probe = _sa_probe(lm.model, scan)
+    probe = activation_probe(lm.model, scan)
     start = time.perf_counter()
     reused = measure_conditions(lm.model, windows, conditions, probe=probe, reuse=True)
     t_reuse = time.perf_counter() - start

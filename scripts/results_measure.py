@@ -27,30 +27,29 @@ def main() -> None:
     parser.add_argument("--tasks", default="lambada_openai,piqa")
     parser.add_argument("--limit", type=int, default=40)
     parser.add_argument("--alphas", default="0,0.5,1,1.5,2,3")
-    parser.add_argument("--out", type=Path, default=None, help="also keep the JSON and the plot here")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="also keep the run folders here"
+    )
     args = parser.parse_args()
 
-    from superweight import find_super_weights, load_model
-    from superweight.cli.ablate import render as render_ablate
-    from superweight.cli.scale import draw, parse_alphas
-    from superweight.cli.scale import render as render_scale
-    from superweight.measure.experiments import Settings, run_ablation, run_scaling
+    from superweight import EvalSettings, load_model, run_ablation, run_scaling, scan_model
+    from superweight.report.measure import ablation_text, scaling_text
     from superweight.report.runs import write_run
 
     lm = load_model(args.model)
-    scan = find_super_weights(lm.model, lm.tokenizer, model_name=lm.spec)
+    scan = scan_model(lm)
     tasks = tuple(t for t in args.tasks.split(",") if t)
-    settings = Settings(data_dir=args.data_dir, seq_len=args.seq_len, max_tokens=args.max_tokens, tasks=tasks,
-                        limit=args.limit)  # fmt: skip
+    settings = EvalSettings(data_dir=args.data_dir, seq_len=args.seq_len, max_tokens=args.max_tokens, tasks=tasks,
+                            limit=args.limit)  # fmt: skip
     ablation = run_ablation(lm, scan, settings)
-    scaling = run_scaling(lm, scan, Settings(data_dir=args.data_dir, seq_len=args.seq_len,
-                                             max_tokens=args.max_tokens), parse_alphas(args.alphas))  # fmt: skip
-    if args.out is not None:
+    alphas = [float(a) for a in args.alphas.split(",") if a]
+    scaling = run_scaling(lm, scan, EvalSettings(data_dir=args.data_dir, seq_len=args.seq_len,
+                                                 max_tokens=args.max_tokens), alphas)  # fmt: skip
+    if args.out is not None:  # run folders with figures/ and report.html
         write_run(args.out / "ablate", "ablate", ablation)
         write_run(args.out / "scale", "scale", scaling)
-        draw(scaling, args.out / "scale" / "scale.png")
 
-    data = ablation["provenance"]["data"]["wikitext2"]
+    data = ablation.provenance.data["wikitext2"]
     command = (
         f"python scripts/results_measure.py --data-dir DATA --seq-len {args.seq_len} --max-tokens {args.max_tokens} "
         f"--tasks {args.tasks} --limit {args.limit} --alphas {args.alphas}"
@@ -64,11 +63,11 @@ def main() -> None:
         f"    {command}",
         "",
         "```text",
-        render_ablate(ablation).rstrip(),
+        ablation_text(ablation).rstrip(),
         "```",
         "",
         "```text",
-        render_scale(scaling).rstrip(),
+        scaling_text(scaling).rstrip(),
         "```",
         END,
     ])  # fmt: skip

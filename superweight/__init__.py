@@ -70,8 +70,9 @@ _EXPORTS = {
     "simulate_attacks": "superweight.guard.attacks",
     "write_run": "superweight.report.runs",
     "build_report": "superweight.report.html",
-    "read_run": "superweight.report.html",
+    "read_document": "superweight.results",
     "draw_all": "superweight.report.figures",
+    "page_for": "superweight.report.pages",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
-
-from superweight.errors import SuperweightError
 import torch
 from conftest import assert_state_equal
 from tiny import CONFIGS, PROBE, PROMPTS, Plant, byte_tokenizer, plant, tiny_model
 
 from superweight.detect.detection import find_super_weights, robust_z
 from superweight.detect.result import DetectionConfig, ScanResult
+from superweight.errors import SuperweightError
 
 MOE = {"MixtralForCausalLM", "Qwen2MoeForCausalLM", "Qwen3MoeForCausalLM"}
 # Random tiny models only depend on position 0 through the planted path, so the loss effect is small.

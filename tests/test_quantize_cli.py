@@ -12,7 +12,6 @@ from superweight.cli.main import main
 from superweight.detect.detection import find_super_weights
 from superweight.detect.result import DetectionConfig
 from superweight.io import write_json
-from superweight.results import document
 from superweight.model.loading import LoadedModel
 from superweight.quant.checkpoint import load_quantized_model, read_quantized, save_checkpoint
 from superweight.quant.methods import (
@@ -23,6 +22,7 @@ from superweight.quant.methods import (
     select_linears,
 )
 from superweight.quant.rtn import QuantConfig, dequantize
+from superweight.results import document
 
 PLANT = Plant(layer=1, row=5, col=17)
 

@@ -116,8 +116,7 @@ def save_planted(path, cls: str = "LlamaForCausalLM", where: Plant | None = None
 def tiny_model(cls: str, seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
     config = CONFIGS[cls]()
-    config._attn_implementation = "eager"
-    model = T.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model = T.AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation="eager")
     return model.eval().requires_grad_(False)
 
 

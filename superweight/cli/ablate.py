@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from superweight.cli.options import (
     add_eval,
@@ -16,9 +16,6 @@ from superweight.cli.options import (
     settings_from,
     split_list,
 )
-
-if TYPE_CHECKING:
-    from superweight.measure.ablation import AblationResult
 
 EXAMPLES = """examples:
   superweight ablate --data-dir ../shared/data --max-tokens 16384
@@ -56,6 +53,7 @@ def register(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from superweight.errors import SuperweightError
     from superweight.measure.ablation import check_conditions, run_ablation
+    from superweight.report.measure import ablation_text
 
     names = split_list(args.conditions)
     check_conditions(names)
@@ -65,32 +63,5 @@ def run(args: argparse.Namespace) -> int:
     lm = load_from(args)
     scan = scan_from(args, lm)
     result = run_ablation(lm, scan, settings, names, k=args.k, scope=args.scope, seed=args.seed)
-    emit(args, "ablate", result, render)
+    emit(args, "ablate", result, ablation_text)
     return 0
-
-
-def render(result: AblationResult) -> str:
-    from superweight.report.tables import format_table
-
-    sources = list(dict.fromkeys(s for c in result.conditions for s in c.perplexity))
-    tasks = list(dict.fromkeys(t for c in result.conditions for t in c.accuracy))
-    headers = ["condition", *(f"ppl {s}" for s in sources), *tasks, "super act."]
-    rows = [
-        [c.name, *(c.perplexity.get(s) for s in sources), *(c.accuracy.get(t) for t in tasks), c.super_activation]
-        for c in result.conditions
-    ]
-    sws = ", ".join(f"{w.module}[{w.row}, {w.col}]" for w in result.super_weights)
-    out = f"{result.model}: super weight(s) {sws}\n"
-    out += format_table(headers, rows, title=f"ablation (top-k / random-k: k={result.k}, {result.scope})")
-    if result.recovery is not None:
-        out += f"\nrestoring the super activation recovers {result.recovery:.1%} of the loss zeroing added\n"
-    if result.token_shift:
-        shift = [[repr(t.text), t.p_original, t.p_edited, t.ratio] for t in result.token_shift[:10]]
-        out += "\n" + format_table(
-            ["token", "p original", "p no-sw", "ratio"], shift, title="tokens whose mean probability grew most"
-        )
-    for c in result.continuations:
-        out += f"\n{c.prompt!r}\n  original: {c.original!r}\n  {c.condition + ':':<9} {c.edited!r}\n"
-    hits = result.provenance.baseline_cache_hits
-    out += f"\n{result.provenance.seconds:.0f} s" + (f"; baseline from cache: {', '.join(hits)}" if hits else "")
-    return out + "\n"

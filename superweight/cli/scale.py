@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from superweight.cli.options import (
     add_eval,
@@ -16,9 +16,6 @@ from superweight.cli.options import (
     settings_from,
     split_list,
 )
-
-if TYPE_CHECKING:
-    from superweight.measure.ablation import ScalingResult
 
 EXAMPLES = """examples:
   superweight scale --data-dir ../shared/data --max-tokens 8192 --out runs/scale   (figures/scale_curve.png)
@@ -59,29 +56,11 @@ def parse_alphas(text: str) -> list[float]:
 
 def run(args: argparse.Namespace) -> int:
     from superweight.measure.ablation import run_scaling
+    from superweight.report.measure import scaling_text
 
     alphas = parse_alphas(args.alphas)
     settings = settings_from(args)
     lm = load_from(args)
     scan = scan_from(args, lm)
-    emit(args, "scale", run_scaling(lm, scan, settings, alphas), render)
+    emit(args, "scale", run_scaling(lm, scan, settings, alphas), scaling_text)
     return 0
-
-
-def render(result: ScalingResult) -> str:
-    from superweight.report.tables import format_table
-
-    sources = list(dict.fromkeys(s for p in result.points for s in p.perplexity))
-    tasks = list(dict.fromkeys(t for p in result.points for t in p.accuracy))
-    headers = ["alpha", *(f"ppl {s}" for s in sources), *tasks, "super act."]
-    rows = [
-        [p.alpha, *(p.perplexity.get(s) for s in sources), *(p.accuracy.get(t) for t in tasks), p.super_activation]
-        for p in result.points
-    ]
-    out = format_table(headers, rows, title=f"{result.model}: super weights scaled by alpha")
-    shown = f"{result.gain:+.1%}" if result.lower_is_better else f"{result.gain:+.4f}"
-    out += (
-        f"\nbest alpha {result.best_alpha:g}: {result.metric} {result.best_value:.4g} "
-        f"(alpha=1: {result.baseline_value:.4g}; gain {shown}, {result.gain_meaning})\n"
-    )
-    return out

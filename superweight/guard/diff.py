@@ -27,7 +27,6 @@ if TYPE_CHECKING:
     from superweight.detect.result import ScanResult
 
 
-
 @dataclass
 class TensorDiff:
     name: str  # in A

@@ -116,11 +116,11 @@ PAGES = {
                 "compare_max_output",
                 "Models side by side",
                 max_output,
-                lambda _c: "Max |down-projection output| per layer for each model, at relative depth; dashed lines "
-                "mark each model's super weight layers.",
+                lambda _c: (
+                    "Max |down-projection output| per layer for each model, at relative depth; dashed lines "
+                    "mark each model's super weight layers."
+                ),
             ),
         ),
     )
 }
-
-

@@ -9,6 +9,7 @@ from superweight.measure.ablation import AblationResult, ConditionResult, Scalin
 from superweight.report.explain import g
 from superweight.report.pages import FigureSpec, Page
 from superweight.report.style import MARK_COLOR, PALETTE, MissingData, maybe_log, new_figure
+from superweight.report.tables import format_table
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -172,6 +173,53 @@ def scale_summary(result: ScalingResult) -> list[str]:
         f"({result.gain_meaning}).",
         f"It took {g(result.provenance.seconds)} s.",
     ]
+
+
+# ---------------------------------------------------------------- terminal
+
+
+def ablation_text(result: AblationResult) -> str:
+    """The terminal view: the Table 1 grid, recovery, token shift, continuations."""
+    sources = list(dict.fromkeys(s for c in result.conditions for s in c.perplexity))
+    tasks = list(dict.fromkeys(t for c in result.conditions for t in c.accuracy))
+    headers = ["condition", *(f"ppl {s}" for s in sources), *tasks, "super act."]
+    rows = [
+        [c.name, *(c.perplexity.get(s) for s in sources), *(c.accuracy.get(t) for t in tasks), c.super_activation]
+        for c in result.conditions
+    ]
+    sws = ", ".join(f"{w.module}[{w.row}, {w.col}]" for w in result.super_weights)
+    out = f"{result.model}: super weight(s) {sws}\n"
+    out += format_table(headers, rows, title=f"ablation (top-k / random-k: k={result.k}, {result.scope})")
+    if result.recovery is not None:
+        out += f"\nrestoring the super activation recovers {result.recovery:.1%} of the loss zeroing added\n"
+    if result.token_shift:
+        shift = [[repr(t.text), t.p_original, t.p_edited, t.ratio] for t in result.token_shift[:10]]
+        out += "\n" + format_table(
+            ["token", "p original", "p no-sw", "ratio"], shift, title="tokens whose mean probability grew most"
+        )
+    for c in result.continuations:
+        out += f"\n{c.prompt!r}\n  original: {c.original!r}\n  {c.condition + ':':<9} {c.edited!r}\n"
+    hits = result.provenance.baseline_cache_hits
+    out += f"\n{result.provenance.seconds:.0f} s" + (f"; baseline from cache: {', '.join(hits)}" if hits else "")
+    return out + "\n"
+
+
+def scaling_text(result: ScalingResult) -> str:
+    """The terminal view: the metric per alpha and the best alpha's gain."""
+    sources = list(dict.fromkeys(s for p in result.points for s in p.perplexity))
+    tasks = list(dict.fromkeys(t for p in result.points for t in p.accuracy))
+    headers = ["alpha", *(f"ppl {s}" for s in sources), *tasks, "super act."]
+    rows = [
+        [p.alpha, *(p.perplexity.get(s) for s in sources), *(p.accuracy.get(t) for t in tasks), p.super_activation]
+        for p in result.points
+    ]
+    out = format_table(headers, rows, title=f"{result.model}: super weights scaled by alpha")
+    shown = f"{result.gain:+.1%}" if result.lower_is_better else f"{result.gain:+.4f}"
+    out += (
+        f"\nbest alpha {result.best_alpha:g}: {result.metric} {result.best_value:.4g} "
+        f"(alpha=1: {result.baseline_value:.4g}; gain {shown}, {result.gain_meaning})\n"
+    )
+    return out
 
 
 def _fixed(text: str):

@@ -88,7 +88,6 @@ def num(value: Any) -> float:
         return math.nan
 
 
-
 def mark_candidates(ax: Axes, layers: list[int]) -> None:
     """A dotted grey line at each unconfirmed candidate's layer, so a second spike is explained."""
     for i, layer in enumerate(layers):
