@@ -27,9 +27,7 @@ def main() -> None:
     parser.add_argument("--tasks", default="lambada_openai,piqa")
     parser.add_argument("--limit", type=int, default=40)
     parser.add_argument("--alphas", default="0,0.5,1,1.5,2,3")
-    parser.add_argument(
-        "--out", type=Path, default=None, help="also keep the run folders here"
-    )
+    parser.add_argument("--out", type=Path, default=None, help="also keep the run folders here")
     args = parser.parse_args()
 
     from superweight import EvalSettings, load_model, run_ablation, run_scaling, scan_model
