@@ -92,7 +92,7 @@ def test_ablation_on_smollm2_shows_collapse_recovery_and_controls(
     assert prov.data["wikitext2"]["sha256"].startswith("173c87a5") and prov.versions["torch"]
     assert prov.passes["no-sw:wikitext2"]["reused"] == 2  # started from layer 11's input
     doc = json.loads(json.dumps(result.to_dict()))  # JSON-ready, and it round-trips
-    assert AblationResult.from_dict(doc) == result
+    assert json.loads(json.dumps(AblationResult.from_dict(doc).to_dict())) == doc
 
     again = run_ablation(smollm2, smollm2_scan, settings, ["original", "no-sw"], shift=False)
     assert again.provenance.baseline_cache_hits == ["perplexity:wikitext2"]

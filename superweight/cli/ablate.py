@@ -5,17 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from superweight.cli.options import (
-    add_eval,
-    add_model,
-    add_output,
-    add_scan,
-    emit,
-    load_from,
-    scan_from,
-    settings_from,
-    split_list,
-)
+from superweight.cli.options import add_measuring, emit, load_from, scan_from, settings_from, split_list
 
 EXAMPLES = """examples:
   superweight ablate --data-dir ../shared/data --max-tokens 16384
@@ -36,10 +26,7 @@ def register(sub: Any) -> None:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_model(p)
-    add_output(p)
-    add_eval(p)
-    add_scan(p)
+    add_measuring(p)
     a = p.add_argument_group("ablation")
     a.add_argument("--conditions", default=",".join(CONDITIONS), help=f"comma-separated, from {', '.join(CONDITIONS)}")
     a.add_argument(

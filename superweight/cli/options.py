@@ -111,6 +111,14 @@ def add_eval(parser: argparse.ArgumentParser, **defaults: Any) -> None:
     g.add_argument("--no-reuse", action="store_true", help="full passes for every condition (no hidden-state reuse)")
 
 
+def add_measuring(parser: argparse.ArgumentParser) -> None:
+    """Everything a command that evaluates a model around its super weights takes (ablate, scale, ...)."""
+    add_model(parser)
+    add_output(parser)
+    add_eval(parser)
+    add_scan(parser)
+
+
 def split_list(text: str) -> list[str]:
     return [t for t in (s.strip() for s in text.split(",")) if t]
 

@@ -5,17 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from superweight.cli.options import (
-    add_eval,
-    add_model,
-    add_output,
-    add_scan,
-    emit,
-    load_from,
-    scan_from,
-    settings_from,
-    split_list,
-)
+from superweight.cli.options import add_measuring, emit, load_from, scan_from, settings_from, split_list
 
 EXAMPLES = """examples:
   superweight scale --data-dir ../shared/data --max-tokens 8192 --out runs/scale   (figures/scale_curve.png)
@@ -34,10 +24,7 @@ def register(sub: Any) -> None:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_model(p)
-    add_output(p)
-    add_eval(p)
-    add_scan(p)
+    add_measuring(p)
     p.add_argument("--alphas", default=",".join(f"{a:g}" for a in DEFAULT_ALPHAS), help="comma-separated scale factors")
     p.set_defaults(func=run)
 

@@ -178,18 +178,24 @@ def scale_summary(result: ScalingResult) -> list[str]:
 # ---------------------------------------------------------------- terminal
 
 
+def _metrics_table(first: str, labels: list, rows: list, title: str) -> str:
+    """One line per condition (or alpha): perplexity per source, accuracy per task, the super activation."""
+    sources = _names([r.perplexity for r in rows])
+    tasks = _names([r.accuracy for r in rows])
+    headers = [first, *(f"ppl {s}" for s in sources), *tasks, "super act."]
+    cells = [
+        [label, *(r.perplexity.get(s) for s in sources), *(r.accuracy.get(t) for t in tasks), r.super_activation]
+        for label, r in zip(labels, rows, strict=True)
+    ]
+    return format_table(headers, cells, title=title)
+
+
 def ablation_text(result: AblationResult) -> str:
     """The terminal view: the Table 1 grid, recovery, token shift, continuations."""
-    sources = list(dict.fromkeys(s for c in result.conditions for s in c.perplexity))
-    tasks = list(dict.fromkeys(t for c in result.conditions for t in c.accuracy))
-    headers = ["condition", *(f"ppl {s}" for s in sources), *tasks, "super act."]
-    rows = [
-        [c.name, *(c.perplexity.get(s) for s in sources), *(c.accuracy.get(t) for t in tasks), c.super_activation]
-        for c in result.conditions
-    ]
     sws = ", ".join(f"{w.module}[{w.row}, {w.col}]" for w in result.super_weights)
     out = f"{result.model}: super weight(s) {sws}\n"
-    out += format_table(headers, rows, title=f"ablation (top-k / random-k: k={result.k}, {result.scope})")
+    title = f"ablation (top-k / random-k: k={result.k}, {result.scope})"
+    out += _metrics_table("condition", [c.name for c in result.conditions], result.conditions, title)
     if result.recovery is not None:
         out += f"\nrestoring the super activation recovers {result.recovery:.1%} of the loss zeroing added\n"
     if result.token_shift:
@@ -206,14 +212,8 @@ def ablation_text(result: AblationResult) -> str:
 
 def scaling_text(result: ScalingResult) -> str:
     """The terminal view: the metric per alpha and the best alpha's gain."""
-    sources = list(dict.fromkeys(s for p in result.points for s in p.perplexity))
-    tasks = list(dict.fromkeys(t for p in result.points for t in p.accuracy))
-    headers = ["alpha", *(f"ppl {s}" for s in sources), *tasks, "super act."]
-    rows = [
-        [p.alpha, *(p.perplexity.get(s) for s in sources), *(p.accuracy.get(t) for t in tasks), p.super_activation]
-        for p in result.points
-    ]
-    out = format_table(headers, rows, title=f"{result.model}: super weights scaled by alpha")
+    title = f"{result.model}: super weights scaled by alpha"
+    out = _metrics_table("alpha", [p.alpha for p in result.points], result.points, title)
     shown = f"{result.gain:+.1%}" if result.lower_is_better else f"{result.gain:+.4f}"
     out += (
         f"\nbest alpha {result.best_alpha:g}: {result.metric} {result.best_value:.4g} "
