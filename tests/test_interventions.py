@@ -76,6 +76,15 @@ def down_out(model, ids, site):
     return seen["y"][0], logits
 
 
+def restore_hook_left(model, ids, site) -> bool:
+    """Whether a restore hook still acts on ``site``: it would pin channel ROW of token 0 at MARK."""
+    y, _ = down_out(model, ids, site)
+    return float(y[0, ROW]) == MARK
+
+
+MARK = -7.5
+
+
 def test_restored_activation_puts_back_the_super_activation_only(planted):
     model, ids = planted
     before = state(model)
@@ -99,20 +108,20 @@ def test_restored_activation_puts_back_the_super_activation_only(planted):
     with restored_activation(site, ROW, None):
         _, same_logits = down_out(model, ids, site)
     torch.testing.assert_close(same_logits, base_logits, rtol=0, atol=1e-5)
-    assert not site.module._forward_hooks
     assert_state_equal(model, before)
 
-    with restored_activation(site, ROW, [0], value=-7.5), torch.no_grad():
-        fixed_y, _ = down_out(model, ids, site)
-    assert float(fixed_y[0, ROW]) == -7.5
+    with restored_activation(site, ROW, [0], value=MARK):
+        assert restore_hook_left(model, ids, site)
+    assert not restore_hook_left(model, ids, site)  # the hook is gone afterwards
 
 
 def test_restored_activation_removes_its_hook_on_error(planted):
-    model, _ = planted
+    model, ids = planted
     site = sw_ref(model).site
-    with pytest.raises(ValueError), restored_activation(site, ROW, [0]):
+    with pytest.raises(ValueError), restored_activation(site, ROW, [0], value=MARK):
+        assert restore_hook_left(model, ids, site)
         raise ValueError
-    assert not site.module._forward_hooks
+    assert not restore_hook_left(model, ids, site)
     with pytest.raises(SuperweightError, match="out of range"), restored_activation(site, 10_000):
         pass
 
@@ -158,14 +167,18 @@ def test_random_k_is_distinct_seeded_and_excludes(planted):
 
 
 def test_condition_apply_restores_everything_on_error(planted):
-    model, _ = planted
+    model, ids = planted
     before = state(model)
     ref = sw_ref(model)
     cond = Condition("mix", [ref, *top_k_refs(model, 50, [ref])], restores=[(ref.site, ROW, [0])])
-    assert cond.start_layer() == 0 or cond.start_layer() <= LAYER
+    assert cond.start_layer() == min(r.site.layer for r in cond.refs) <= LAYER  # the earliest edit
+    base_y, _ = down_out(model, ids, ref.site)
     with pytest.raises(KeyError), cond.apply():
-        assert float(ref.get()) == 0.0 and ref.site.module._forward_hooks
+        assert float(ref.get()) == 0.0
+        y, _ = down_out(model, ids, ref.site)  # zeroed, yet channel ROW of token 0 is put back
+        torch.testing.assert_close(y[0, ROW], base_y[0, ROW], rtol=1e-5, atol=1e-4)
         raise KeyError
     assert_state_equal(model, before)
-    assert not ref.site.module._forward_hooks
+    after_y, _ = down_out(model, ids, ref.site)
+    torch.testing.assert_close(after_y, base_y, rtol=0, atol=0)
     assert Condition("alpha=1", [ref], alpha=1.0).is_original and Condition("o").start_layer() is None
