@@ -179,3 +179,40 @@ def test_cli_errors_are_one_line(planted_folder, args, message):
 
 def test_cli_scale_rejects_bad_alphas(planted_folder):
     assert_one_line_error(cli("scale", str(planted_folder), "--alphas", "0,abc"), "--alphas")
+
+
+@pytest.mark.slow
+def test_down_proj_pattern_serves_every_step_of_an_unregistered_model(tmp_path):
+    """`--down-proj` registers its adapter once at load: scan and ablate both work on a Bloom model."""
+    import transformers as T
+    from tiny import byte_tokenizer, plant
+
+    from superweight.model.architectures import register_pattern
+
+    pattern = "transformer.h.*.mlp.dense_4h_to_h"
+    torch.manual_seed(0)
+    config = T.BloomConfig(vocab_size=256, hidden_size=64, n_layer=4, n_head=4)
+    model = T.AutoModelForCausalLM.from_config(config, attn_implementation="eager").eval().requires_grad_(False)
+    tok = byte_tokenizer()
+    register_pattern(model, pattern)
+    plant(model, tok, Plant(layer=1, row=20, col=50))
+    model.save_pretrained(tmp_path / "bloom")
+    tok.save_pretrained(tmp_path / "bloom")
+    folder = str(tmp_path / "bloom")
+    text = tmp_path / "text.txt"
+    text.write_text("# the cat sat on the mat. " * 40)
+    without = cli("ablate", folder, "--data", str(text), "-q")
+    assert_one_line_error(without, "unsupported architecture BloomForCausalLM")
+    assert "--down-proj PATTERN" in without.stderr
+    prompts = [arg for p in PROMPTS for arg in ("--prompt", p)]
+    scan = cli("scan", folder, "--down-proj", pattern, "--json", "-q", "--min-loss-increase", "0.02",
+               "--probe-text", PROBE, *prompts)  # fmt: skip
+    assert scan.returncode == 0, scan.stderr
+    data = json.loads(scan.stdout)
+    assert [(w["layer"], w["row"], w["col"]) for w in data["super_weights"] if w["confirmed"]] == [(1, 20, 50)]
+    (tmp_path / "scan.json").write_text(scan.stdout)
+    proc = cli("ablate", folder, "--down-proj", pattern, "--scan", str(tmp_path / "scan.json"), "--data", str(text),
+               "--seq-len", "32", "--max-tokens", "96", "--no-cache", "-k", "10", "--json", "-q")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    rows = {c["name"]: c for c in json.loads(proc.stdout)["conditions"]}
+    assert rows["no-sw"]["perplexity"][str(text)] > rows["original"]["perplexity"][str(text)]

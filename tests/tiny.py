@@ -78,6 +78,7 @@ UP = {
     "GPTJForCausalLM": [("mlp.fc_in", "linear")],
     "MOE": [("mlp.experts", "experts")],
     "GATED": [("mlp.gate_proj", "linear"), ("mlp.up_proj", "linear")],
+    "BloomForCausalLM": [("mlp.dense_h_to_4h", "linear")],  # not in the registry: reached with --down-proj
 }
 
 
