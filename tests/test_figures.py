@@ -21,6 +21,7 @@ from superweight.measure.ablation import (
     TokenShift,
 )
 from superweight.measure.runner import Provenance
+from superweight.quant.result import Baseline, QuantizationResult, QuantPlan, Variant
 from superweight.report.figures import draw_all, render
 from superweight.report.guard import attack_damage
 from superweight.report.measure import ablate_metrics, ablate_super_activation, ablate_token_shift, scale_curve
@@ -168,22 +169,22 @@ def test_scale_curve_marks_the_best_alpha():
     assert ax.get_xlabel().startswith("alpha")
 
 
-QUANT = {
-    "model": "m",
-    "baseline": {"perplexity": {"wikitext2": 24.3}},
-    "results": [
-        {"method": m, "bits": 4, "block": b, "perplexity": {"wikitext2": p}, "bits_per_weight": bpw}
-        for m, b, p, bpw in [
-            ("naive", "128", 42.8, 4.25), ("naive", "channel", 75.8, 4.02), ("naive", "tensor", 4.3e6, 4.0),
-            ("sparse:0.005", "channel", 49.2, 4.2), ("sparse:0.005", "tensor", 69.8, 4.18),
-            ("naive", "512", 50.0, 4.06),
-        ]
-    ] + [
-        {"method": f"w8a8:{m}", "bits": 8, "block": "tensor", "perplexity": {"wikitext2": p}, "bits_per_weight": 8.0,
-         "activation": {}}
-        for m, p in (("naive", 31.1), ("sa", 30.6), ("smoothquant", 34.1))
-    ],
-}  # fmt: skip
+def quantization(variants: list[Variant]) -> QuantizationResult:
+    return QuantizationResult("m", "x", QuantPlan(), Baseline({"wikitext2": 24.3}), variants, "wikitext2", 0, [], [],
+                              {}, PROVENANCE)  # fmt: skip
+
+
+QUANT = quantization([
+    Variant(m, 4, b, bpw, {"wikitext2": p})
+    for m, b, p, bpw in [
+        ("naive", "128", 42.8, 4.25), ("naive", "channel", 75.8, 4.02), ("naive", "tensor", 4.3e6, 4.0),
+        ("sparse:0.005", "channel", 49.2, 4.2), ("sparse:0.005", "tensor", 69.8, 4.18),
+        ("naive", "512", 50.0, 4.06),
+    ]
+] + [
+    Variant(f"w8a8:{m}", 8, "tensor", 8.0, {"wikitext2": p}, activation={})
+    for m, p in (("naive", 31.1), ("sa", 30.6), ("smoothquant", 34.1))
+])  # fmt: skip
 
 
 def test_quantize_block_size_orders_blocks_and_uses_log_scale():
@@ -200,8 +201,7 @@ def test_quantize_pareto_front_is_the_non_dominated_points():
     fig = quantize_pareto(QUANT)
     ax = fig.axes[0]
     (front,) = [line for line in ax.get_lines() if line.get_gid() == "pareto-front"]
-    weight_only = [r for r in QUANT["results"] if not r["method"].startswith("w8a8")]
-    points = [(r["bits_per_weight"], r["perplexity"]["wikitext2"]) for r in weight_only]
+    points = [(r.bits_per_weight, r.perplexity["wikitext2"]) for r in QUANT.weight_only()]
     expected = sorted(
         (x, y) for x, y in points if not any((x2 <= x and y2 < y) or (x2 < x and y2 <= y) for x2, y2 in points)
     )
@@ -218,7 +218,7 @@ def test_w8a8_rows_get_their_own_figure():
     (base,) = [line for line in ax.get_lines() if "unquantized" in line.get_label()]
     assert base.get_ydata()[0] == 24.3
     with pytest.raises(MissingData, match="W8A8"):
-        quantize_activation({"results": [r for r in QUANT["results"] if r["bits"] == 4]})
+        quantize_activation(quantization([r for r in QUANT.variants if r.bits == 4]))
 
 
 def test_attack_bars_are_coloured_by_the_checks_that_caught_them():
@@ -246,7 +246,7 @@ def test_attack_bars_are_coloured_by_the_checks_that_caught_them():
     assert legend == ["caught by hash", "caught by hash, fast, canary", "not caught"]
 
 
-@pytest.mark.parametrize("command", ["quantize", "attack", "diff", "verify", "fingerprint"])
+@pytest.mark.parametrize("command", ["attack", "diff", "verify", "fingerprint"])
 @pytest.mark.parametrize(
     "payload",
     [{}, {"layers": "nonsense", "super_weights": 3}, {"conditions": [{"name": "x"}], "results": [1, 2]}],
@@ -257,7 +257,7 @@ def test_missing_or_malformed_data_skips_with_a_reason(command, payload):
         assert drawn.skipped and len(drawn.skipped.splitlines()) == 1
 
 
-@pytest.mark.parametrize("command", ["scan", "ablate", "scale", "compare"])
+@pytest.mark.parametrize("command", ["scan", "ablate", "scale", "quantize", "compare"])
 @pytest.mark.parametrize("doc", [{}, {"layers": "nonsense", "super_weights": 3}, {"conditions": [{"name": "x"}]}])
 def test_a_malformed_typed_result_is_one_clear_error(command, doc):
     from superweight.errors import ResultFileError

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -21,8 +22,9 @@ from superweight.quant.methods import (
     parse_method,
     select_linears,
 )
+from superweight.quant.result import QuantizationResult
 from superweight.quant.rtn import QuantConfig, dequantize
-from superweight.results import document
+from superweight.results import SCHEMA_VERSION, document
 
 PLANT = Plant(layer=1, row=5, col=17)
 
@@ -57,18 +59,22 @@ def test_quantize_json_schema_and_bits(tiny_folder, data_dir, capsys) -> None:
                         "--methods", "naive,sw,sparse:0.01", "--json")  # fmt: skip
     assert code == 0
     payload = json.loads(out)
-    assert payload["baseline"]["perplexity"]["wikitext2"] > 1
-    rows = {(r["method"], r["block"]): r for r in payload["results"]}
+    result = QuantizationResult.from_dict(payload)
+    assert payload["command"] == "quantize" and payload["schema_version"] == SCHEMA_VERSION
+    assert result.ppl(result.baseline) > 1
+    rows = {(r["method"], r["block"]): r for r in payload["variants"]}
     assert len(rows) == 6
-    for r in payload["results"]:
-        assert set(r) >= {"method", "bits", "block", "perplexity", "kl", "bits_per_weight"}
-        assert r["kl"] >= 0 and r["perplexity"]["wikitext2"] > 1
+    for r in result.variants:
+        assert r.kl is not None and r.kl.mean >= 0 and 0 <= r.kl.same_top_p <= 1 and result.ppl(r) > 1
+        # perplexity and KL come from one pass: the details record that pass's mean token loss
+        assert r.perplexity["wikitext2"] == pytest.approx(math.exp(r.details["wikitext2"]["nll"]))
     assert rows[("naive", "32")]["bits_per_weight"] == pytest.approx(4 + 32 / 32)  # fp16 scale + fp16 min per 32
     assert rows[("sw", "32")]["bits_per_weight"] == pytest.approx(
         5 + 64 / rows[("sw", "32")]["quantization"]["weights"]
     )
     assert rows[("sparse:0.01", "tensor")]["bits_per_weight"] > rows[("naive", "tensor")]["bits_per_weight"] + 0.6
-    assert payload["super_weights"] == [["model.layers.1.mlp.down_proj", 5, 17]]
+    assert [w.coordinate for w in result.super_weights] == [("model.layers.1.mlp.down_proj", 5, 17)]
+    assert result.plan.blocks == (32, "tensor") and result.plan.methods == ("naive", "sw", "sparse:0.01")
 
 
 def test_w8a8_rows(tiny_folder, data_dir, capsys) -> None:
@@ -76,8 +82,11 @@ def test_w8a8_rows(tiny_folder, data_dir, capsys) -> None:
     code, out, _ = _cli(capsys, "quantize", *_common(folder, data_dir), "--bits", "8", "--block", "tensor",
                         "--methods", "naive", "--act", "w8a8", "--json")  # fmt: skip
     assert code == 0
-    methods = [r["method"] for r in json.loads(out)["results"]]
-    assert methods == ["naive", "w8a8:naive", "w8a8:sa", "w8a8:smoothquant"]
+    result = QuantizationResult.from_dict(json.loads(out))
+    assert [r.method for r in result.variants] == ["naive", "w8a8:naive", "w8a8:sa", "w8a8:smoothquant"]
+    assert [r.method for r in result.activation_variants()] == ["w8a8:naive", "w8a8:sa", "w8a8:smoothquant"]
+    # sa holds the super activation's hidden channel (row 5) and the down-projection input (column 17)
+    assert result.activation_variants()[1].activation["held_channels"] == [PLANT.row, PLANT.col]
 
 
 def test_saved_checkpoint_reloads_to_the_same_tensors(tiny_folder, tmp_path) -> None:
@@ -103,7 +112,7 @@ def test_saved_checkpoint_reloads_to_the_same_tensors(tiny_folder, tmp_path) -> 
     assert loaded.keys() == quantized_state.keys()
     assert all(torch.equal(loaded[k], v) for k, v in quantized_state.items())
     size = (tmp_path / "ckpt" / "quantized.safetensors").stat().st_size
-    assert manifest["bytes"]["quantized.safetensors"] == size
+    assert manifest.bytes["quantized.safetensors"] == size
     assert size < report.bit_count.total / 8 + 64 * 1024  # bytes on disk ~ the bits accounted (+ header)
 
 
@@ -113,11 +122,11 @@ def test_cli_save_then_load(tiny_folder, data_dir, tmp_path, capsys) -> None:
     code, out, _ = _cli(capsys, "quantize", *_common(folder, data_dir), "--bits", "4", "--block", "32",
                         "--methods", "sw", "--save", str(ckpt), "--json")  # fmt: skip
     assert code == 0
-    saved = json.loads(out)["results"][0]
+    saved = json.loads(out)["variants"][0]
     code, out, _ = _cli(capsys, "quantize", str(folder), "--load", str(ckpt), "--data-dir", str(data_dir),
                         "--max-tokens", "256", "--seq-len", "128", "--json")  # fmt: skip
     assert code == 0
-    loaded = json.loads(out)["results"][0]
+    loaded = json.loads(out)["variants"][0]
     assert loaded["perplexity"]["wikitext2"] == pytest.approx(saved["perplexity"]["wikitext2"], rel=1e-5)
     assert loaded["bits_per_weight"] == saved["bits_per_weight"]
 
@@ -127,6 +136,12 @@ def test_cli_save_then_load(tiny_folder, data_dir, tmp_path, capsys) -> None:
     [
         (["--bits", "9"], "from 2 to 8"),
         (["--bits", "four"], "--bits takes integers"),
+        (["--bits", "1"], "from 2 to 8"),
+        (["--bits", ""], "--bits: needs at least one value"),
+        (["--block", "4"], "--block: block size must be >= 8"),
+        (["--block", "-32"], "bad block"),
+        (["--smoothquant-alpha", "2"], "--smoothquant-alpha: must be in [0, 1]"),
+        (["--calib-tokens", "0"], "--calib-tokens: must be at least 2"),
         (["--block", "4096"], "longer than a row"),
         (["--block", "12x"], "bad block"),
         (["--methods", "gptq"], "unknown method"),
@@ -148,7 +163,7 @@ def test_zero_shot_tasks_per_variant(tiny_folder, data_dir, capsys) -> None:
     assert code == 0
     payload = json.loads(out)
     base = payload["baseline"]["accuracy"]["lambada_openai"]
-    acc = payload["results"][0]["accuracy"]["lambada_openai"]
+    acc = payload["variants"][0]["accuracy"]["lambada_openai"]
     assert 0.0 <= base <= 1.0 and 0.0 <= acc <= 1.0
     assert base * 8 == int(base * 8)  # an accuracy over exactly 8 examples
 

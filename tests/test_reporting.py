@@ -172,8 +172,9 @@ def test_text_from_the_payload_is_escaped(smollm2_scan):
 def test_sentences_are_computed_from_the_numbers():
     from superweight.measure.ablation import AblationResult, ConditionResult, ScalePoint, ScalingResult
     from superweight.measure.runner import Provenance
+    from superweight.quant.result import Baseline, QuantizationResult, QuantPlan, Variant
     from superweight.report.measure import ablate_summary, scale_summary
-    from superweight.report.quant import _quantize_summary
+    from superweight.report.quant import quantize_summary
 
     prov = Provenance({}, {}, {}, {}, [], {}, 1.0)
     conditions = [
@@ -190,19 +191,18 @@ def test_sentences_are_computed_from_the_numbers():
     scale = ScalingResult("m", "x", [], "perplexity:wikitext2", points, 2.0, 18.0, 20.0, 20 / 18 - 1,
                           "relative perplexity reduction over alpha=1", prov)  # fmt: skip
     assert "is 18 at alpha = 2, against 20 at alpha = 1: gain +11.1%" in " ".join(scale_summary(scale))
-    quant = {
-        "baseline": {"perplexity": {"wikitext2": 24.3}},
-        "results": [
-            {"method": "naive", "bits": 4, "block": "128", "perplexity": {"wikitext2": 42.8}, "bits_per_weight": 4.25},
-            {"method": "sw", "bits": 4, "block": "128", "perplexity": {"wikitext2": 41.0}, "bits_per_weight": 4.26},
-        ],
-    }
-    assert "At 4 bits the lowest perplexity is 41: method sw, block 128, 4.26 bits per weight." in _quantize_summary(
-        quant
-    )
+    variants = [Variant("naive", 4, "128", 4.25, {"wikitext2": 42.8}), Variant("sw", 4, "128", 4.26, {"wikitext2": 41}),
+                Variant("w8a8:sa", 8, "tensor", 8.0, {"wikitext2": 30.6}, activation={})]  # fmt: skip
+    quant = QuantizationResult("m", "x", QuantPlan(), Baseline({"wikitext2": 24.3}), variants, "wikitext2", 7, [], [],
+                               {}, prov)  # fmt: skip
+    text = quantize_summary(quant)
+    assert text[0] == "Unquantized wikitext2 perplexity: 24.3."
+    assert "At 4 bits the lowest perplexity is 41: method sw, block 128, 4.26 bits per weight." in text
+    assert "4-bit, block 128: naive 42.8, best other sw 41." in text
+    assert text[-1] == "W8A8 (weights and activations in INT8): w8a8:sa 30.6."  # never among the weight-only rows
 
 
-@pytest.mark.parametrize("command", ["quantize", "attack", "verify", "diff", "fingerprint"])
+@pytest.mark.parametrize("command", ["attack", "verify", "diff", "fingerprint"])
 def test_malformed_payloads_still_give_a_report(tmp_path, command):
     payload = {
         "command": command,

@@ -28,6 +28,10 @@ FLAGS = {
     "sources": "--data",
     "budget_bytes": "--budget",
     "probe_text": "--probe-text",
+    "blocks": "--block",
+    "activation": "--act",
+    "kl": "--no-kl",
+    "checkpoint": "--load",
 }
 
 
@@ -80,8 +84,11 @@ def add_scan(parser: argparse.ArgumentParser, what: str = "instead of scanning a
     )
 
 
-def add_eval(parser: argparse.ArgumentParser, **defaults: Any) -> None:
-    """The evaluation settings (:class:`~superweight.measure.settings.EvalSettings`); ``defaults`` override."""
+def add_eval(parser: argparse.ArgumentParser, *, conditions: bool = True, **defaults: Any) -> None:
+    """The evaluation settings (:class:`~superweight.measure.settings.EvalSettings`); ``defaults`` override.
+
+    ``conditions=False`` leaves out --no-cache and --no-reuse, which only the condition runner uses.
+    """
     from superweight.measure.corpus import SPLITS
     from superweight.measure.settings import EvalSettings
     from superweight.measure.zeroshot import ALL_TASKS
@@ -107,8 +114,9 @@ def add_eval(parser: argparse.ArgumentParser, **defaults: Any) -> None:
     )
     g.add_argument("--limit", type=int, default=base["limit"], metavar="N", help="first N examples of each task")
     g.add_argument("--batch-size", type=int, default=base["batch_size"], help="zero-shot batch size")
-    g.add_argument("--no-cache", action="store_true", help="recompute the original model's baseline")
-    g.add_argument("--no-reuse", action="store_true", help="full passes for every condition (no hidden-state reuse)")
+    if conditions:
+        g.add_argument("--no-cache", action="store_true", help="recompute the original model's baseline")
+        g.add_argument("--no-reuse", action="store_true", help="full passes for every condition (no reuse)")
 
 
 def add_measuring(parser: argparse.ArgumentParser) -> None:
@@ -137,8 +145,8 @@ def settings_from(args: argparse.Namespace) -> EvalSettings:
         split=args.split,
         limit=args.limit,
         batch_size=args.batch_size,
-        reuse=not args.no_reuse,
-        use_cache=not args.no_cache,
+        reuse=not getattr(args, "no_reuse", False),
+        use_cache=not getattr(args, "no_cache", False),
     )
     settings.check_data()
     return settings

@@ -59,13 +59,18 @@ def parse_method(text: str) -> Method:
         try:
             fraction = float(frac)
         except ValueError:
-            raise QuantizationError(f"sparse needs a fraction, e.g. sparse:0.005 (got {text!r})") from None
+            raise QuantizationError(
+                f"sparse needs a fraction, e.g. sparse:0.005 (got {text!r})", option="methods"
+            ) from None
         if not 0 < fraction < 0.5:
-            raise QuantizationError(f"sparse:F needs 0 < F < 0.5, e.g. sparse:0.005 (got {fraction:g})")
+            raise QuantizationError(
+                f"sparse:F needs 0 < F < 0.5, e.g. sparse:0.005 (got {fraction:g})", option="methods"
+            )
         return Method("sparse", fraction)
     if text not in BASE_METHODS:
         raise QuantizationError(
-            f"unknown method {text!r}; choose from {', '.join(BASE_METHODS[:4])}, sparse:F, hqq, hqq+sw"
+            f"unknown method {text!r}; choose from {', '.join(BASE_METHODS[:4])}, sparse:F, hqq, hqq+sw",
+            option="methods",
         )
     return Method(text)
 
@@ -73,7 +78,9 @@ def parse_method(text: str) -> Method:
 def check_combination(method: Method, config: QuantConfig) -> None:
     """Reject combinations that have no meaning, before any work is done."""
     if method.name.startswith("hqq") and config.scheme != "asym":
-        raise QuantizationError(f"{method.label} chooses an asymmetric scale and zero point; use scheme asym")
+        raise QuantizationError(
+            f"{method.label} chooses an asymmetric scale and zero point; use scheme asym", option="methods"
+        )
 
 
 # ------------------------------------------------------------------------------------- model side
@@ -96,8 +103,9 @@ def select_linears(model: nn.Module, modules: str | None = None) -> list[tuple[s
     chosen = [(n, m) for n, m in layers if any(fnmatch.fnmatchcase(n, p) or n.endswith("." + p) for p in patterns)]
     if not chosen:
         raise QuantizationError(
-            f"--modules {modules!r} matched no decoder linear; names look like {layers[0][0]!r} "
-            "(globs such as '*.mlp.down_proj' or suffixes such as 'down_proj' work)"
+            f"{modules!r} matched no decoder linear; names look like {layers[0][0]!r} "
+            "(globs such as '*.mlp.down_proj' or suffixes such as 'down_proj' work)",
+            option="modules",
         )
     return chosen
 

@@ -43,16 +43,20 @@ class QuantConfig:
 
     def __post_init__(self) -> None:
         if not isinstance(self.bits, int) or not 2 <= self.bits <= 8:
-            raise QuantizationError(f"--bits must be an integer from 2 to 8 (got {self.bits!r})")
+            raise QuantizationError(f"must be an integer from 2 to 8 (got {self.bits!r})", option="bits")
         if self.scheme not in SCHEMES:
-            raise QuantizationError(f"unknown scheme {self.scheme!r}; choose one of {', '.join(SCHEMES)}")
+            raise QuantizationError(
+                f"unknown scheme {self.scheme!r}; choose one of {', '.join(SCHEMES)}", option="scheme"
+            )
         if isinstance(self.block, str):
             if self.block not in BLOCK_WORDS:
                 raise QuantizationError(
-                    f"unknown block {self.block!r}; give a group size (e.g. 128), channel or tensor"
+                    f"unknown block {self.block!r}; give a group size (e.g. 128), channel or tensor", option="blocks"
                 )
         elif not isinstance(self.block, int) or self.block < MIN_BLOCK:
-            raise QuantizationError(f"block size must be an integer >= {MIN_BLOCK} (got {self.block!r})")
+            raise QuantizationError(
+                f"block size must be an integer >= {MIN_BLOCK} (got {self.block!r})", option="blocks"
+            )
 
     @property
     def label(self) -> str:
@@ -67,9 +71,11 @@ def parse_block(text: str) -> int | str:
     if text.isdigit():
         value = int(text)
         if value < MIN_BLOCK:
-            raise QuantizationError(f"block size must be >= {MIN_BLOCK} (got {value})")
+            raise QuantizationError(f"block size must be >= {MIN_BLOCK} (got {value})", option="blocks")
         return value
-    raise QuantizationError(f"bad block {text!r}; give a group size (32..2048) or channel or tensor")
+    raise QuantizationError(
+        f"bad block {text!r}; give a group size (e.g. 32..2048), channel or tensor", option="blocks"
+    )
 
 
 @dataclass
@@ -144,7 +150,8 @@ def group_size(shape: tuple[int, int], block: int | str) -> tuple[int, int]:
     if block > cols:
         raise QuantizationError(
             f"block {block} is longer than a row ({cols} inputs) of a {rows}x{cols} tensor; "
-            "use a smaller block or --block channel"
+            "use a smaller block or block channel",
+            option="blocks",
         )
     return math.ceil(cols / block), block
 

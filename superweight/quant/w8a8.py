@@ -101,7 +101,7 @@ def smoothing_factors(
     from superweight.model.capture import hooks
 
     if not 0 <= alpha <= 1:
-        raise QuantizationError(f"--alpha must be in [0, 1] (got {alpha})")
+        raise QuantizationError(f"must be in [0, 1] (got {alpha})", option="smoothquant_alpha")
     act_max: dict[str, torch.Tensor] = {}
     shared: dict[str, tuple[int, tuple[int, ...]]] = {}
 

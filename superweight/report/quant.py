@@ -1,204 +1,161 @@
-"""The quantize page: perplexity by block size (the paper's Figure 7), the Pareto front, W8A8.
+"""The quantize page: perplexity by block size (the paper's Figure 7), the Pareto front, W8A8; the table.
 
-(Reads the results document as a dict until the quantization sweep returns a typed result.)
+Everything here reads a typed :class:`~superweight.quant.result.QuantizationResult`, one key per value:
+perplexities on the result's ``source``, W8A8 variants told apart by ``Variant.is_activation``.
 """
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from superweight.report.explain import g as _g
+from superweight.quant.result import QuantizationResult, Variant, pareto_front
+from superweight.report.explain import g
 from superweight.report.pages import FigureSpec, Page
-from superweight.report.style import PALETTE, MissingData, maybe_log, new_figure, num, series_style
+from superweight.report.style import PALETTE, MissingData, maybe_log, new_figure, series_style
+from superweight.report.tables import format_table
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-
-def need(payload: dict[str, Any], key: str, what: str) -> Any:
-    value = payload.get(key)
-    if value in (None, [], {}):
-        raise MissingData(f"the results have no {what} ({key!r})")
-    return value
-
-
-def model_title(payload: dict[str, Any], what: str) -> str:
-    model = payload.get("model")
-    return f"{what}: {model}" if model else what
-
-
-def _ppl_of(row: dict[str, Any]) -> tuple[str, float] | None:
-    ppl = row.get("perplexity")
-    if isinstance(ppl, dict) and ppl:
-        key = "wikitext2" if "wikitext2" in ppl else next(iter(ppl))
-        return key, num(ppl[key])
-    return None
+BLOCK_WORD_ORDER = {"channel": 0, "tensor": 1}  # after every group size: wider ranges to the right
 
 
 def block_order(block: str) -> tuple[int, float]:
-    b = str(block)
-    if b.isdigit():
-        return (0, float(b))
-    return (1, {"channel": 0, "row": 0, "tensor": 1}.get(b, 2))
+    return (0, float(block)) if block.isdigit() else (1, BLOCK_WORD_ORDER.get(block, 2))
 
 
-def is_activation_quant(row: dict[str, Any]) -> bool:
-    """W8A8 rows quantize activations too: they are not comparable with weight-only points."""
-    return str(row.get("method", "")).startswith("w8a8") or "activation" in row
+def _title(result: QuantizationResult, what: str) -> str:
+    return f"{what}: {result.model}"
 
 
-def quant_results(payload: dict[str, Any], activation: bool = False) -> list[dict[str, Any]]:
-    """Weight-only rows (or, with ``activation``, the W8A8 rows) that name a method."""
-    rows = [
-        r
-        for r in need(payload, "results", "quantization results")
-        if r.get("method") is not None and is_activation_quant(r) == activation
-    ]
+def _weight_only(result: QuantizationResult) -> list[Variant]:
+    rows = result.weight_only()
     if not rows:
-        kind = "W8A8 (activation)" if activation else "weight-only"
-        raise MissingData(f"the quantization results hold no {kind} rows")
+        raise MissingData("the quantization results hold no weight-only variants")
     return rows
 
 
-def ppl_value(row: dict[str, Any]) -> float:
-    p = row.get("perplexity")
-    if isinstance(p, dict):
-        return num(p.get("wikitext2", next(iter(p.values()), None)))
-    return num(p)
+def _baseline_line(ax, result: QuantizationResult, color: str = "black") -> float:
+    base = result.ppl(result.baseline)
+    ax.axhline(base, color=color, linewidth=0.9, linestyle=":", label=f"unquantized ({base:.2f})")
+    return base
 
 
-def baseline_ppl(payload: dict[str, Any]) -> float | None:
-    base = payload.get("baseline") or {}
-    value = ppl_value(base) if base else math.nan
-    return value if math.isfinite(value) else None
-
-
-def quantize_block_size(payload: dict[str, Any]) -> Figure:
+def quantize_block_size(result: QuantizationResult) -> Figure:
     """Paper Fig. 7: perplexity against block size per method (log scale); larger blocks to the right."""
-    rows = quant_results(payload)
-    blocks = sorted({str(r.get("block")) for r in rows}, key=block_order)
+    rows = _weight_only(result)
+    blocks = sorted({r.block for r in rows}, key=block_order)
     if len(blocks) < 2:
         raise MissingData("only one block size was measured; a curve needs two or more")
     fig = new_figure(7.0, 4.0)
     ax = fig.subplots()
     series: dict[str, dict[str, float]] = {}
     for r in rows:
-        label = f"{r['method']} ({r['bits']}-bit)" if r.get("bits") is not None else str(r["method"])
-        series.setdefault(label, {})[str(r.get("block"))] = ppl_value(r)
+        series.setdefault(f"{r.method} ({r.bits}-bit)", {})[r.block] = result.ppl(r)
     for i, (label, points) in enumerate(series.items()):
-        xs = [blocks.index(b) for b in blocks if b in points]
-        ys = [points[b] for b in blocks if b in points]
-        ax.plot(xs, ys, label=label, **series_style(i))
-    base = baseline_ppl(payload)
-    if base is not None:
-        ax.axhline(base, color="black", linewidth=0.9, linestyle=":", label=f"unquantized ({base:.2f})")
+        ax.plot([blocks.index(b) for b in blocks if b in points], [points[b] for b in blocks if b in points],
+                label=label, **series_style(i))  # fmt: skip
+    _baseline_line(ax, result)
     ax.set_yscale("log")
     ax.set_xticks(range(len(blocks)), blocks)
     ax.set_xlabel("block size (weights sharing a scale)")
-    ax.set_ylabel("perplexity (log scale)")
-    ax.set_title(model_title(payload, "Round-to-nearest quantization by block size"))
+    ax.set_ylabel(f"{result.source} perplexity (log scale)")
+    ax.set_title(_title(result, "Round-to-nearest quantization by block size"))
     ax.legend(loc="best", ncols=2 if len(series) > 5 else 1)
     return fig
 
 
-def quantize_pareto(payload: dict[str, Any]) -> Figure:
+def quantize_pareto(result: QuantizationResult) -> Figure:
     """Perplexity against bits per weight (overheads included): a method wins only at equal bits."""
-    rows = [r for r in quant_results(payload) if r.get("bits_per_weight") is not None]
-    if not rows:
-        raise MissingData("the quantization results carry no bits per weight")
+    rows = _weight_only(result)
     fig = new_figure(7.0, 4.0)
     ax = fig.subplots()
-    methods = list(dict.fromkeys(str(r["method"]) for r in rows))
-    for i, method in enumerate(methods):
-        pts = [(num(r["bits_per_weight"]), ppl_value(r)) for r in rows if str(r["method"]) == method]
+    for i, method in enumerate(dict.fromkeys(r.method for r in rows)):
+        pts = [(r.bits_per_weight, result.ppl(r)) for r in rows if r.method == method]
         style = series_style(i)
         ax.scatter([p[0] for p in pts], [p[1] for p in pts], color=style["color"], marker=style["marker"],
                    s=style["markersize"] ** 2, label=method, zorder=3)  # fmt: skip
-    all_pts = [(num(r["bits_per_weight"]), ppl_value(r)) for r in rows]
-    pts = sorted(p for p in all_pts if math.isfinite(p[0]) and math.isfinite(p[1]) and p[1] > 0)
-    front, best = [], math.inf
-    for x, y in pts:
-        if y < best:
-            front.append((x, y))
-            best = y
+    front = pareto_front((r.bits_per_weight, result.ppl(r)) for r in rows)
     if front:
-        line = ax.step(
-            [p[0] for p in front],
-            [p[1] for p in front],
-            where="post",
-            color="black",
-            linewidth=1,
-            label="Pareto front",
-        )[0]
+        line = ax.step([p[0] for p in front], [p[1] for p in front], where="post", color="black", linewidth=1,
+                       label="Pareto front")[0]  # fmt: skip
         line.set_gid("pareto-front")
-    base = baseline_ppl(payload)
-    if base is not None:
-        ax.axhline(base, color="grey", linewidth=0.9, linestyle=":", label=f"unquantized ({base:.2f})")
+    _baseline_line(ax, result, "grey")
     ax.set_yscale("log")
     ax.set_xlabel("bits per weight (incl. scales, zero points, sparse part)")
-    ax.set_ylabel("perplexity (log scale)")
-    ax.set_title(model_title(payload, "Perplexity at equal bits"))
+    ax.set_ylabel(f"{result.source} perplexity (log scale)")
+    ax.set_title(_title(result, "Perplexity at equal bits"))
     ax.legend(loc="best")
     return fig
 
 
-def quantize_activation(payload: dict[str, Any]) -> Figure:
+def quantize_activation(result: QuantizationResult) -> Figure:
     """W8A8: perplexity per method (naive, super activation held out, SmoothQuant) against unquantized."""
-    rows = quant_results(payload, activation=True)
-    names = [str(r["method"]).removeprefix("w8a8:") for r in rows]
-    values = [ppl_value(r) for r in rows]
+    rows = result.activation_variants()
+    if not rows:
+        raise MissingData("the quantization results hold no W8A8 (activation) variants")
+    values = [result.ppl(r) for r in rows]
     fig = new_figure(6.0, 3.6)
     ax = fig.subplots()
-    colors = [PALETTE[i % len(PALETTE)] for i in range(len(rows))]
-    bars = ax.bar(names, [v if math.isfinite(v) else math.nan for v in values], color=colors)
+    bars = ax.bar([r.method.removeprefix("w8a8:") for r in rows], [v if math.isfinite(v) else math.nan for v in values],
+                  color=[PALETTE[i % len(PALETTE)] for i in range(len(rows))])  # fmt: skip
     ax.bar_label(bars, fmt="%.4g", fontsize=9)
-    base = baseline_ppl(payload)
-    if base is not None:
-        ax.axhline(base, color="black", linewidth=0.9, linestyle=":", label=f"unquantized ({base:.2f})")
-        ax.legend(loc="best")
-    maybe_log(ax, values + ([base] if base else []), ratio=20)
+    base = _baseline_line(ax, result)
+    ax.legend(loc="best")
+    maybe_log(ax, [*values, base], ratio=20)
     ax.set_xlabel("W8A8 method (per-tensor INT8 weights, per-token INT8 activations)")
-    ax.set_ylabel("perplexity")
-    ax.set_title(model_title(payload, "Activation quantization"))
+    ax.set_ylabel(f"{result.source} perplexity")
+    ax.set_title(_title(result, "Activation quantization"))
     return fig
 
 
-def _quantize_summary(p: dict[str, Any]) -> list[str]:
-    import math
+def _lowest(result: QuantizationResult, rows: list[Variant]) -> Variant:
+    return min(rows, key=lambda r: result.ppl(r) if math.isfinite(result.ppl(r)) else math.inf)
 
-    def ppl(r: dict[str, Any]) -> float:
-        value = _ppl_of(r)[1]
-        return value if math.isfinite(value) else math.inf
 
-    rows = [r for r in p.get("results") or [] if isinstance(r, dict) and _ppl_of(r)]
-    weight_rows = [r for r in rows if not is_activation_quant(r)]
-    out = []
-    base = _ppl_of(p.get("baseline") or {}) if p.get("baseline") else None
-    if base:
-        out.append(f"Unquantized {base[0]} perplexity: {_g(base[1], 4)}.")
-    for bits in sorted({r.get("bits") for r in weight_rows if r.get("bits") is not None}):
-        at = [r for r in weight_rows if r.get("bits") == bits]
-        best = min(at, key=ppl)
-        bpw = f", {_g(best.get('bits_per_weight'), 3)} bits per weight" if best.get("bits_per_weight") else ""
+def quantize_summary(result: QuantizationResult) -> list[str]:
+    """What the sweep shows, as sentences computed from its numbers."""
+    out = [f"Unquantized {result.source} perplexity: {g(result.ppl(result.baseline), 4)}."]
+    weight = result.weight_only()
+    for bits in sorted({r.bits for r in weight}):
+        at = [r for r in weight if r.bits == bits]
+        best = _lowest(result, at)
         out.append(
-            f"At {bits} bits the lowest perplexity is {_g(_ppl_of(best)[1], 4)}: "
-            f"method {best.get('method')}, block {best.get('block')}{bpw}."
+            f"At {bits} bits the lowest perplexity is {g(result.ppl(best), 4)}: method {best.method}, "
+            f"block {best.block}, {g(best.bits_per_weight, 3)} bits per weight."
         )
-        for block in dict.fromkeys(str(r.get("block")) for r in at):
-            naive = [r for r in at if r.get("method") == "naive" and str(r.get("block")) == block]
-            others = [r for r in at if r.get("method") != "naive" and str(r.get("block")) == block]
+        for block in dict.fromkeys(r.block for r in at):
+            naive = [r for r in at if r.method == "naive" and r.block == block]
+            others = [r for r in at if r.method != "naive" and r.block == block]
             if naive and others:
-                top = min(others, key=ppl)
+                top = _lowest(result, others)
                 out.append(
-                    f"{bits}-bit, block {block}: naive {_g(_ppl_of(naive[0])[1], 4)}, "
-                    f"best other {top.get('method')} {_g(_ppl_of(top)[1], 4)}."
+                    f"{bits}-bit, block {block}: naive {g(result.ppl(naive[0]), 4)}, "
+                    f"best other {top.method} {g(result.ppl(top), 4)}."
                 )
-    act = [r for r in rows if is_activation_quant(r)]
+    act = result.activation_variants()
     if act:
-        listed = ", ".join(f"{r.get('method')} {_g(_ppl_of(r)[1], 4)}" for r in act)
+        listed = ", ".join(f"{r.method} {g(result.ppl(r), 4)}" for r in act)
         out.append(f"W8A8 (weights and activations in INT8): {listed}.")
-    return out or ["The quantization results carry no perplexities."]
+    return out
+
+
+def quantization_text(result: QuantizationResult) -> str:
+    """The terminal view: one line per variant (bits per weight, perplexity per source, KL, accuracy)."""
+    sources = list(result.baseline.perplexity)
+    tasks = list(result.baseline.accuracy)
+    headers = ["method", "bits", "block", "bits/w", *(f"ppl {s}" for s in sources), "KL", *tasks]
+    cells = [["unquantized", None, None, None, *(result.baseline.perplexity.get(s) for s in sources), None,
+              *(result.baseline.accuracy.get(t) for t in tasks)]]  # fmt: skip
+    for r in result.variants:
+        cells.append([r.method, r.bits, r.block, r.bits_per_weight, *(r.perplexity.get(s) for s in sources),
+                      None if r.kl is None else r.kl.mean, *(r.accuracy.get(t) for t in tasks)])  # fmt: skip
+    out = format_table(headers, cells, title=f"{result.model}: quantization ({result.modules} linears)")
+    for r in result.variants:
+        if r.checkpoint is not None:
+            out += f"checkpoint {r.checkpoint['path']}: {r.checkpoint['bytes']['total']:,} bytes\n"
+    return out
 
 
 def _fixed(text: str):
@@ -208,9 +165,9 @@ def _fixed(text: str):
 PAGES = {
     "quantize": Page(
         "quantize",
-        read=lambda doc: doc,
-        summary=_quantize_summary,
-        heading=lambda doc: doc["model"],
+        read=QuantizationResult.from_dict,
+        summary=quantize_summary,
+        heading=lambda r: r.model,
         figures=(
             FigureSpec(
                 "quantize_block_size",
