@@ -15,11 +15,13 @@ from superweight.quant.methods import (
     clip_search,
     collect_inputs,
     exclusion_mask,
+    hqq_groups,
+    hqq_quantize,
     parse_method,
     quantize_tensor,
     select_linears,
 )
-from superweight.quant.rtn import QuantConfig
+from superweight.quant.rtn import QuantConfig, dequantize, quantize
 
 PLANT = Plant(layer=1, row=5, col=17)
 
@@ -122,6 +124,21 @@ def test_clip_search_is_never_worse_than_no_clipping(tiny) -> None:
     assert err(approx) <= err(sw) + 1e-9
     assert approx[PLANT.row, PLANT.col] == w[PLANT.row, PLANT.col]
     assert z > 0
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_hqq_reconstructs_a_tiny_tensor_better_than_rtn(seed: int) -> None:
+    """HQQ's solver moves each group's zero point to cut the reconstruction error min-max RTN leaves."""
+    w = torch.randn(16, 64, generator=torch.Generator().manual_seed(seed))
+    config = QuantConfig(3, 32)
+    codes, meta = hqq_quantize(w, config)
+    hqq = dequantize(codes, meta)
+    rtn = dequantize(*quantize(w, config))
+    assert int(codes.max()) <= 7 and meta.groups == 16 * 2  # the same stored form: 3-bit codes, one scale per group
+    assert (hqq - w).abs().mean() < 0.97 * (rtn - w).abs().mean()
+    assert (hqq - w).pow(2).mean() < (rtn - w).pow(2).mean()
+    q, scale, offset = hqq_groups(w.reshape(-1, 32), 3)  # dequantize is exactly scale * q + offset
+    assert torch.allclose(hqq.reshape(-1, 32), (scale.half().float()[:, None] * q + offset.half().float()[:, None]))
 
 
 def test_hqq_library_baseline_with_and_without_protection(tiny) -> None:

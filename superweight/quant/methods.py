@@ -11,8 +11,9 @@ how the rest are prepared before round-to-nearest:
 * ``row``: the super activation's whole hidden channel (that row of every down-projection) held out.
 * ``sparse:F``: dense-and-sparse (SqueezeLLM / SpQR style): the fraction F of largest-|w| entries of each
   tensor held out, super weights always among them.
-* ``hqq`` / ``hqq+sw``: torchao's HQQ parameter choice (half-quadratic optimisation of scale and zero
-  point) as a library baseline, without and with the super weights held out.
+* ``hqq`` / ``hqq+sw``: HQQ's choice of zero point (Badri & Shaji 2023, half-quadratic optimisation; the
+  solver is torchao's public ``optimize_weights_proximal_legacy``) as a library baseline, without and with
+  the super weights held out.
 
 Every method produces the same stored form (codes, fp16 scales/offsets, sparse part), so bits per weight
 and checkpoints are comparable. :class:`WeightSnapshot` makes the model edits undoable bit-exactly.
@@ -220,23 +221,30 @@ def clip_search(
     return best[1], *best[2]
 
 
-def _hqq_groups(groups: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """torchao's HQQ on ``(n, width)`` groups: codes, and (scale, offset) so that w = scale * q + offset."""
-    import torch
-    from torchao.quantization.quant_primitives import _choose_qparams_and_quantize_affine_hqq
+HQQ_ROUND_ZERO_BITS = (4,)  # widths at which HQQ rounds its initial zero point (as torchao and hqq do)
 
-    q, scale, zero, _ = _choose_qparams_and_quantize_affine_hqq(
-        groups.float().contiguous(),
-        nbits=bits,
-        group_size=groups.shape[1],
-        optimize=True,
-        axis=1,
-        compute_dtype=torch.float32,
-        device=str(groups.device),
-        raw_output=True,
+
+def hqq_groups(groups: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """HQQ (Badri & Shaji 2023) on ``(n, width)`` groups: codes, and (scale, offset) with w = scale * q + offset.
+
+    The min-max start is HQQ's own; the half-quadratic solver that then moves the zero point to minimise
+    ``||W - Q^-1(Q(W))||_p^p`` (p = 0.7) is torchao's public ``optimize_weights_proximal_legacy``.
+    """
+    import torch
+    from torchao.quantization.quant_primitives import optimize_weights_proximal_legacy
+
+    w = groups.float().contiguous()
+    qmax = 2**bits - 1
+    lo, hi = w.amin(1, keepdim=True), w.amax(1, keepdim=True)
+    inv_scale = (qmax / (hi - lo)).clamp(max=2e4)  # HQQ's convention: q = w * inv_scale + zero
+    zero = -lo * inv_scale
+    if bits in HQQ_ROUND_ZERO_BITS:
+        zero = torch.round(zero)
+    q, inv_scale, zero = optimize_weights_proximal_legacy(
+        w, inv_scale, zero, [0, qmax], axis=1, dtype=torch.float32, device=str(w.device)
     )
-    scale, zero = scale.reshape(-1), zero.reshape(-1)
-    return q.reshape(groups.shape), scale, -zero * scale
+    scale = (1.0 / inv_scale).reshape(-1)
+    return q.reshape(groups.shape).clone(), scale.clone(), (-zero.reshape(-1) * scale).clone()
 
 
 def hqq_quantize(
@@ -261,7 +269,7 @@ def hqq_quantize(
             parts.append((w[:, full:].contiguous(), rows, cols - full))
     codes, scales, offsets = [], [], []
     for groups, r, c in parts:
-        q, s, m = _hqq_groups(groups, config.bits)
+        q, s, m = hqq_groups(groups, config.bits)
         codes.append(q.reshape(r, c) if config.block != "tensor" else q.reshape(rows, cols))
         scales.append(s.reshape(r, -1))
         offsets.append(m.reshape(r, -1))
