@@ -171,3 +171,98 @@ def test_zero_shot_tasks_per_variant(tiny_folder, data_dir, capsys) -> None:
 def test_unknown_task_fails_before_loading(tiny_folder, data_dir, capsys) -> None:
     code, _, err = _cli(capsys, "quantize", *_common(tiny_folder[0], data_dir), "--tasks", "no_such_task")
     assert code == 2 and "unknown task" in err and len(err.strip().splitlines()) == 1
+
+
+# ------------------------------------------------------------------ bad input: one line, exit 2
+
+
+def _one_line_error(code: int, out: str, err: str, message: str) -> None:
+    assert code == 2 and out == ""
+    lines = [line for line in err.splitlines() if line.strip()]
+    errors = [line for line in lines if "error:" in line]
+    assert len(errors) == 1 and message in errors[0], err
+    assert "Traceback" not in err and "internal error" not in err
+
+
+def test_a_missing_scan_file_is_a_one_line_error(tiny_folder, data_dir, tmp_path, capsys) -> None:
+    folder = tiny_folder[0]
+    argv = [str(folder), "--data-dir", str(data_dir), "--max-tokens", "256", "--seq-len", "128"]
+    _one_line_error(*_cli(capsys, "quantize", *argv, "--scan", str(tmp_path / "missing.json")), "does not exist")
+    (tmp_path / "corrupt.json").write_text('{"command": "scan", "super_weig')
+    _one_line_error(*_cli(capsys, "quantize", *argv, "--scan", str(tmp_path / "corrupt.json")), "is not JSON")
+    write_json(tmp_path / "other.json", {"command": "ablate", "schema_version": 2})
+    _one_line_error(*_cli(capsys, "quantize", *argv, "--scan", str(tmp_path / "other.json")), "not a scan result")
+    write_json(tmp_path / "bad.json", {"command": "scan", "schema_version": 2, "super_weights": 3})
+    _one_line_error(*_cli(capsys, "quantize", *argv, "--scan", str(tmp_path / "bad.json")), "not a superweight scan")
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tiny_folder, tmp_path_factory):
+    """A 4-bit block-32 sw checkpoint of the tiny model, written by the library (no evaluation)."""
+    _, model, tok, scan = tiny_folder
+    lm = LoadedModel(model, tok, "tiny", "folder", "tiny", type(model).__name__, 0, "float32", "cpu", 0.0)
+    folder = tmp_path_factory.mktemp("ckpt") / "sw4"
+    with WeightSnapshot(select_linears(model)) as snap:
+        report = apply_quantization(snap, parse_method("sw"), QuantConfig(4, 32), Protection.from_scan(model, scan),
+                                    keep=True)  # fmt: skip
+        save_checkpoint(folder, lm, report)
+    return folder
+
+
+def _damaged(checkpoint, tmp_path, damage) -> str:
+    import shutil
+
+    copy = tmp_path / "ckpt"
+    shutil.copytree(checkpoint, copy)
+    damage(copy)
+    return str(copy)
+
+
+def _truncate(path, keep: float = 0.5) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+
+
+def _edit_manifest(**changes):
+    def edit(folder) -> None:
+        manifest = json.loads((folder / "manifest.json").read_text())
+        manifest.update(changes)
+        for key in [k for k, v in changes.items() if v is None]:
+            del manifest[key]
+        (folder / "manifest.json").write_text(json.dumps(manifest))
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda f: (f / "manifest.json").unlink(), "has no manifest.json"),
+        (lambda f: _truncate(f / "manifest.json"), "is not JSON (truncated"),
+        (_edit_manifest(bits=None), "lacks 'bits': truncated"),
+        (_edit_manifest(bits="four"), "'bits' has the wrong type"),
+        (_edit_manifest(format="other/9"), "is not a superweight-quant/1 manifest"),
+        (_edit_manifest(architecture="GPT2LMHeadModel"), "builds a LlamaForCausalLM, the manifest says GPT2"),
+        (_edit_manifest(modules=3), "3"),
+        (lambda f: _truncate(f / "quantized.safetensors", 0.9), "is damaged or truncated"),
+        (lambda f: (f / "rest.safetensors").write_bytes(b"\x00" * 16), "cannot rebuild the model"),
+    ],
+    ids=["no-manifest", "truncated-manifest", "missing-field", "wrong-type", "wrong-format", "other-architecture",
+         "wrong-count", "truncated-codes", "damaged-rest"],
+)  # fmt: skip
+def test_a_bad_checkpoint_is_a_one_line_error(tiny_folder, checkpoint, data_dir, tmp_path, capsys, damage, message):
+    path = _damaged(checkpoint, tmp_path, damage)
+    argv = [str(tiny_folder[0]), "--load", path, "--data-dir", str(data_dir), "--max-tokens", "256", "--seq-len", "128"]
+    code, out, err = _cli(capsys, "quantize", *argv)
+    _one_line_error(code, out, err, message)
+    assert "--load" in err
+
+
+def test_a_checkpoint_of_another_model_is_refused(checkpoint, data_dir, tmp_path, capsys) -> None:
+    other = tmp_path / "qwen"
+    model = tiny_model("Qwen2ForCausalLM")
+    model.save_pretrained(other)
+    byte_tokenizer().save_pretrained(other)
+    argv = [str(other), "--load", str(checkpoint), "--data-dir", str(data_dir), "--max-tokens", "256"]
+    _one_line_error(*_cli(capsys, "quantize", *argv, "--seq-len", "128"),
+                    "is of a LlamaForCausalLM (tiny), not this Qwen2ForCausalLM")  # fmt: skip
