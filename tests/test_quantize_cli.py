@@ -53,13 +53,18 @@ def _common(folder, data_dir) -> list[str]:
             "--max-tokens", "256", "--seq-len", "128", "--calib-tokens", "128"]  # fmt: skip
 
 
-def test_quantize_json_schema_and_bits(tiny_folder, data_dir, capsys) -> None:
+def test_quantize_json_schema_and_bits(tiny_folder, data_dir, tmp_path, capsys) -> None:
     folder = tiny_folder[0]
     code, out, _ = _cli(capsys, "quantize", *_common(folder, data_dir), "--bits", "4", "--block", "32,tensor",
-                        "--methods", "naive,sw,sparse:0.01", "--json")  # fmt: skip
+                        "--methods", "naive,sw,sparse:0.01", "--json", "--out", str(tmp_path / "run"))  # fmt: skip
     assert code == 0
     payload = json.loads(out)
+    assert payload == json.loads((tmp_path / "run" / "results.json").read_text())
     result = QuantizationResult.from_dict(payload)
+    figures = {p.name for p in (tmp_path / "run" / "figures").iterdir()}
+    assert {"quantize_block_size.png", "quantize_pareto.png"} <= figures  # two blocks, weight-only variants
+    assert "quantize_activation.png" not in figures  # no W8A8 variant was asked for
+    assert "At 4 bits the lowest perplexity is" in (tmp_path / "run" / "report.html").read_text()
     assert payload["command"] == "quantize" and payload["schema_version"] == SCHEMA_VERSION
     assert result.ppl(result.baseline) > 1
     rows = {(r["method"], r["block"]): r for r in payload["variants"]}
