@@ -249,11 +249,12 @@ def _edit_manifest(**changes):
         (_edit_manifest(format="other/9"), "is not a superweight-quant/1 manifest"),
         (_edit_manifest(architecture="GPT2LMHeadModel"), "builds a LlamaForCausalLM, the manifest says GPT2"),
         (_edit_manifest(modules=3), "3"),
+        (_edit_manifest(bits=12), "names an invalid quantization: must be an integer from 2 to 8"),
         (lambda f: _truncate(f / "quantized.safetensors", 0.9), "is damaged or truncated"),
         (lambda f: (f / "rest.safetensors").write_bytes(b"\x00" * 16), "cannot rebuild the model"),
     ],
     ids=["no-manifest", "truncated-manifest", "missing-field", "wrong-type", "wrong-format", "other-architecture",
-         "wrong-count", "truncated-codes", "damaged-rest"],
+         "wrong-count", "bits-out-of-range", "truncated-codes", "damaged-rest"],
 )  # fmt: skip
 def test_a_bad_checkpoint_is_a_one_line_error(tiny_folder, checkpoint, data_dir, tmp_path, capsys, damage, message):
     path = _damaged(checkpoint, tmp_path, damage)
@@ -261,6 +262,11 @@ def test_a_bad_checkpoint_is_a_one_line_error(tiny_folder, checkpoint, data_dir,
     code, out, err = _cli(capsys, "quantize", *argv)
     _one_line_error(code, out, err, message)
     assert "--load" in err
+
+
+def test_load_takes_no_sweep_options(tiny_folder, checkpoint, data_dir, capsys) -> None:
+    argv = [str(tiny_folder[0]), "--load", str(checkpoint), "--data-dir", str(data_dir), "--save", "x"]
+    _one_line_error(*_cli(capsys, "quantize", *argv), "--load: evaluates a saved checkpoint as it is")
 
 
 def test_a_checkpoint_of_another_model_is_refused(checkpoint, data_dir, tmp_path, capsys) -> None:

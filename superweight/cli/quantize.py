@@ -100,9 +100,12 @@ def _load_checkpoint(args: argparse.Namespace, settings: Any) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     from superweight.detect.result import read_scan
+    from superweight.errors import QuantizationError
     from superweight.quant.sweep import run_quantization
     from superweight.report.quant import quantization_text
 
+    if args.load and (args.save or args.scan or args.act):
+        raise QuantizationError("evaluates a saved checkpoint as it is; drop --save, --scan and --act", "checkpoint")
     settings = settings_from(args)
     if args.load:
         result = _load_checkpoint(args, settings)

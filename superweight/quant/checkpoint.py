@@ -70,6 +70,14 @@ class CheckpointManifest:
                 raise QuantizationError(f"{where}: {f.name!r} has the wrong type ({data[f.name]!r})", OPTION)
         if data["dtype"] not in _DTYPES:
             raise QuantizationError(f"{where}: unsupported dtype {data['dtype']!r}", OPTION)
+        from superweight.quant.methods import parse_method
+        from superweight.quant.rtn import parse_block
+
+        try:
+            QuantConfig(data["bits"], parse_block(data["block"]))
+            parse_method(data["method"])
+        except QuantizationError as exc:
+            raise QuantizationError(f"{where} names an invalid quantization: {exc.message}", OPTION) from None
         return cls(**{f.name: data[f.name] for f in fields(cls)})
 
 
