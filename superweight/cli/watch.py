@@ -58,6 +58,9 @@ def run(args: argparse.Namespace) -> int:
         on_fail=args.on_fail,
         on_verdict=lambda v: print_verdict(v.to_dict(), args.json),
     )
+    from superweight.progress import log
+
+    log(f"watching {args.directory} for checkpoints (every {args.interval:g} s; stop with Ctrl-C)")
     summary = watcher.run(once=args.once)
     if args.once and not summary.verdicts:
         print(f"no checkpoint (folder with .safetensors or .gguf files) in {args.directory}", file=sys.stderr)

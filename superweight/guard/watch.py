@@ -31,7 +31,7 @@ from superweight.model.files import CorruptModelError
 WEIGHT_SUFFIXES = (".safetensors", ".gguf")
 STATUSES = ("ok", "tampered", "incomplete", "mismatch")
 
-Snapshot = tuple[tuple[str, int, int], ...]  # (file name, size, mtime_ns) of each weight file
+Snapshot = tuple[tuple[str, int, int, int], ...]  # (file name, size, mtime_ns, inode) of each weight file
 
 
 class WatchError(SuperweightError):
@@ -88,7 +88,7 @@ def find_checkpoints(root: Path) -> list[Path]:
 
 
 def snapshot(folder: Path) -> Snapshot:
-    """Sizes and modification times of the weight files: any write changes it."""
+    """Sizes, modification times and inodes of the weight files: any write or replacement changes it."""
     out = []
     for p in sorted(folder.iterdir()):
         if p.suffix in WEIGHT_SUFFIXES:
@@ -96,7 +96,7 @@ def snapshot(folder: Path) -> Snapshot:
                 st = p.stat()
             except FileNotFoundError:
                 continue
-            out.append((p.name, st.st_size, st.st_mtime_ns))
+            out.append((p.name, st.st_size, st.st_mtime_ns, st.st_ino))  # a rename changes the inode
     return tuple(out)
 
 
