@@ -9,6 +9,7 @@ import copy
 import pytest
 import torch
 
+from superweight.errors import SuperweightError
 from superweight.guard.callback import SuperWeightCallback, attach
 from superweight.guard.journal import read_records
 from superweight.guard.reference import ReferenceMismatchError, locate
@@ -158,12 +159,19 @@ def test_manifest_reference_and_another_architecture(smollm2, smollm2_scan, tmp_
     from tiny import planted
 
     from superweight.guard.manifest import fingerprint_memory, save_manifest
+    from superweight.io import write_json
+    from superweight.results import document
 
     path = save_manifest(fingerprint_memory(smollm2, smollm2_scan, canary=False), tmp_path / "m.json")
     model = copy.deepcopy(smollm2.model)
     w, idx = super_weight(model, smollm2_scan)
     guard = attach(model, path, tokenizer=smollm2.tokenizer)
     assert guard.checks[0].ok and guard.checks[0].weights[0].bit_exact
+    scan_file = write_json(tmp_path / "scan.json", document("scan", smollm2_scan))  # as `scan --json` saves it
+    from_scan = attach(model, scan_file).reference
+    assert [(w.module, w.row, w.col) for w in from_scan.weights] == [
+        (w.module, w.row, w.col) for w in guard.reference.weights
+    ]
     with torch.no_grad():
         w[idx] *= -1  # already damaged when the guard is attached: the manifest still knows the value
     assert not attach(model, path, tokenizer=smollm2.tokenizer).checks[0].ok
@@ -171,6 +179,8 @@ def test_manifest_reference_and_another_architecture(smollm2, smollm2_scan, tmp_
     gpt2, _ = planted("GPT2LMHeadModel")
     with pytest.raises(ReferenceMismatchError, match=r"is a GPT2LMHeadModel, but the reference .* LlamaForCausalLM"):
         attach(gpt2, smollm2_scan)
+    with pytest.raises(SuperweightError, match="unknown policy 'freeze'"):
+        attach(model, smollm2_scan, policy="freeze")
     small, _ = planted("LlamaForCausalLM")
     with pytest.raises(ReferenceMismatchError, match=r"no model\.layers\.11\.mlp\.down_proj|too small"):
         locate(small, guard.reference)

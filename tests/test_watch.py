@@ -119,14 +119,20 @@ def test_running_watcher_sees_replacements_and_waits_out_a_partial_write(release
     assert all(r["status"] != "incomplete" for r in records)
 
 
-def test_a_file_that_stays_truncated_is_incomplete_not_tampered(release, tmp_path):
+def test_stays_truncated_is_incomplete_and_another_model_is_a_mismatch(release, tmp_path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
     model, _, manifest = release
-    ckpt = copy_checkpoint(model, tmp_path / "ckpt")
+    ckpt = copy_checkpoint(model, tmp_path / "deploy" / "ckpt")
     data = (ckpt / "model.safetensors").read_bytes()
     (ckpt / "model.safetensors").write_bytes(data[: len(data) // 3])
-    summary = Watcher(ckpt, manifest, interval=0.05, max_wait=0.3).run(once=True)
-    assert [v.status for v in summary.verdicts] == ["incomplete"] and not summary.ok
-    assert "truncated" in summary.verdicts[0].detail
+    cfg = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, vocab_size=256)
+    LlamaForCausalLM(cfg).save_pretrained(tmp_path / "deploy" / "other")
+    summary = Watcher(tmp_path / "deploy", manifest, interval=0.05, max_wait=0.3).run(once=True)
+    verdicts = {v.checkpoint.rsplit("/", 1)[-1]: v for v in summary.verdicts}
+    assert {k: v.status for k, v in verdicts.items()} == {"ckpt": "incomplete", "other": "mismatch"}
+    assert "truncated" in verdicts["ckpt"].detail and "another model" in verdicts["other"].detail
+    assert not summary.ok
 
 
 def test_once_for_cron_exit_codes_log_and_hook(release, tmp_path):

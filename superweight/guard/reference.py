@@ -102,13 +102,21 @@ def reference_from_manifest(manifest: Any, source: str = "manifest") -> Referenc
 
 
 def as_reference(reference: Any, model: nn.Module) -> Reference:
-    """A Reference from a ScanResult / Findings, a manifest (dict or typed) or a manifest path."""
+    """A Reference from a ScanResult / Findings, a manifest (dict or typed), or the path of either."""
     if isinstance(reference, Reference):
         return reference
-    if isinstance(reference, (str, Path)):
+    if isinstance(reference, (str, Path)):  # a manifest, or a saved scan (scan --json, a run's results.json)
+        from superweight.detect.result import read_scan
         from superweight.guard.manifest import load_manifest
 
-        return reference_from_manifest(load_manifest(reference), source=str(reference))
+        try:
+            return reference_from_manifest(load_manifest(reference), source=str(reference))
+        except SuperweightError as not_manifest:
+            try:
+                scan = read_scan(reference, option="reference")
+            except SuperweightError:
+                raise not_manifest from None
+            return reference_from_findings(scan, scan.architecture)
     if (
         hasattr(reference, "super_weights")
         and hasattr(reference, "super_activations")
