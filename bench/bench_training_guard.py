@@ -67,7 +67,7 @@ def main() -> None:
     for name, ts in times.items():
         t = statistics.median(ts)
         per_step = t / base if name.startswith("training") or name.startswith("protect") else t / base / args.every
-        rows.append([name, f"{t * 1e3:.2f}", f"{t / base:.4f}", f"{per_step:.5f}"])
+        rows.append([name, f"{t * 1e3:.3g}", f"{t / base:.2e}", f"{per_step:.2e}"])
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"{args.model}, seq {args.seq_len}, all {sum(p.numel() for p in model.parameters()) / 1e6:.0f} M "
           f"parameters trained, {torch.get_num_threads()} threads, peak RSS {peak:.0f} MiB")  # fmt: skip
