@@ -126,7 +126,7 @@ def test_lora_merged_super_weight_is_guarded_and_protected(smollm2, smollm2_scan
     base = layer.base_layer.weight[sw.row, sw.col].clone()
 
     def peft_merged() -> float:  # peft's own merge, computed as a full delta matrix
-        return float(base + layer.get_delta_weight("default")[sw.row, sw.col])
+        return float((base + layer.get_delta_weight("default")[sw.row, sw.col]).detach())
 
     params = [p for p in model.parameters() if p.requires_grad]
     with attach(model, smollm2_scan, tokenizer=smollm2.tokenizer, every=1, policy="protect") as guard:
