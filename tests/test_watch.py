@@ -134,6 +134,18 @@ def test_stays_truncated_is_incomplete_and_another_model_is_a_mismatch(release, 
     assert "truncated" in verdicts["ckpt"].detail and "another model" in verdicts["other"].detail
     assert not summary.ok
 
+    busy = copy_checkpoint(model, tmp_path / "busy")  # --once on a file that grows before every poll
+    watcher = Watcher(busy, manifest, interval=0.05, max_wait=0.3)
+    watcher.once = True
+    with (busy / "model.safetensors").open("ab") as fh:
+        for _ in range(200):
+            fh.write(b"\0" * 64)
+            fh.flush()
+            if watcher.poll():
+                break
+            time.sleep(0.02)
+    assert [(v.status, v.detail) for v in watcher.verdicts] == [("incomplete", "still being written after 0.3 s")]
+
 
 def test_once_for_cron_exit_codes_log_and_hook(release, tmp_path):
     model, manifest_path, manifest = release

@@ -182,6 +182,7 @@ class Watcher:
         self.pending: dict[Path, _Pending] = {}
         self.verdicts: list[Verdict] = []
         self.polls = 0
+        self.once = False
 
     def poll(self) -> list[Verdict]:
         """One look at the folder: verify what has settled, remember what is still being written."""
@@ -200,6 +201,10 @@ class Watcher:
             pending = self.pending.get(folder)
             if pending is None or pending.seen != snap:  # new, or still changing: look again next poll
                 self.pending[folder] = _Pending(snap, now if pending is None else pending.since)
+                if self.once and pending is not None and now - pending.since >= self.max_wait:
+                    del self.pending[folder]  # --once cannot wait for ever: say so instead
+                    detail = f"still being written after {self.max_wait:g} s"
+                    out.append(self._record(folder, snap, Verdict(str(folder), "incomplete", False, detail=detail)))
                 continue
             verdict = self._verify(folder, snap, pending, now)
             if verdict is not None:
@@ -223,6 +228,10 @@ class Watcher:
         if snapshot(folder) != snap:  # written to while it was being verified: judge the new files
             self.pending[folder] = _Pending(snapshot(folder), now)
             return None
+        return self._record(folder, snap, verdict)
+
+    def _record(self, folder: Path, snap: Snapshot, verdict: Verdict) -> Verdict:
+        """Remember, hook, log and report one verdict."""
         self.verified[folder] = snap
         verdict.files = [list(f) for f in snap]
         if not verdict.ok and self.on_fail:
@@ -237,6 +246,7 @@ class Watcher:
     def run(self, *, once: bool = False, stop: threading.Event | None = None) -> WatchSummary:
         """Poll until ``stop`` is set (or, with ``once``, until every checkpoint has a verdict)."""
         stop = stop or threading.Event()
+        self.once = once
         while True:
             self.poll()
             if once and self.polls > 1 and not self.pending:
