@@ -75,14 +75,19 @@ def render(scan: ScanResult) -> str:
         "input act",
         "output act",
         "tokens",
-        "loss +nats",
+        "group",
+        "share",
+        "alone +nats",
+        "marginal",
+        "leave-1-out",
         "agree",
     ]
 
     def rows(weights: list[dict[str, Any]]) -> list[list[Any]]:
         return [
             [w["layer"], w["module"], w["row"], w["col"], w["value"], w["input_activation"],
-             w["output_activation"], ",".join(map(str, w["tokens"])), w["loss_increase"], w.get("agreement")]
+             w["output_activation"], ",".join(map(str, w["tokens"])), w.get("group"), w.get("share"),
+             w["loss_increase"], w.get("loss_marginal"), w.get("loss_leave_one_out"), w.get("agreement")]
             for w in weights
         ]  # fmt: skip
 
@@ -97,6 +102,7 @@ def render(scan: ScanResult) -> str:
         out += "\n" + format_table(
             headers, rows(unconfirmed), title="candidates not confirmed (loss increase too small)"
         )
+    out += _groups(payload)
     if payload["super_activations"]:
         acts = [
             [a["layer"], a["channel"], a["value"], ",".join(map(str, a["tokens"])), a["persists_until"]]
@@ -108,6 +114,24 @@ def render(scan: ScanResult) -> str:
     t = payload["timings"]
     out += f"\nload {t.get('load_s', 0):.1f} s, detection {t['detect_s']:.1f} s\n"
     return out
+
+
+def _groups(payload: dict[str, Any]) -> str:
+    """Candidates feeding one super activation, judged together (issue 10)."""
+    from superweight.report.tables import format_table
+
+    groups = payload.get("groups") or []
+    if not groups:
+        return ""
+    rows = [
+        [g["group"], g["layer"], g["row"], ",".join(map(str, g["members"])),
+         ",".join(f"{s:.2f}" for s in g["shares"]), g["joint_loss"], "yes" if g["confirmed"] else "no"]
+        for g in groups
+    ]  # fmt: skip
+    title = f"groups (one per super activation); all candidates zeroed together: +{payload['set_loss']:.3g} nats"
+    return "\n" + format_table(
+        ["group", "layer", "row", "members", "shares", "joint +nats", "confirmed"], rows, title=title
+    )
 
 
 def _evidence(payload: dict[str, Any]) -> str:

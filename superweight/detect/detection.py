@@ -29,11 +29,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from superweight.coordinates import SuperActivation, SuperWeight
+from superweight.detect.confirm import SetLosses, confirm_set
+from superweight.detect.contributions import decompose
 from superweight.detect.result import DEFAULT_PROMPTS, DetectionConfig, LayerStats, ScanResult, WeightRow
 from superweight.errors import SuperweightError
 from superweight.model.architectures import DownProj, architecture_name, down_projections, find_down_proj
 from superweight.model.capture import SiteActivations, capture_down_proj, capture_layer_outputs
-from superweight.model.interventions import WeightRef, refs_for, zeroed
+from superweight.model.interventions import WeightRef, zeroed
 from superweight.progress import log
 
 if TYPE_CHECKING:
@@ -166,6 +168,10 @@ def _agreement(run: _Pass, sw: SuperWeight, sites: list[DownProj], cfg: Detectio
     return agree / len(run.acts)
 
 
+def _site_of(sites: list[DownProj], label: str) -> tuple[int, DownProj]:
+    return next((i, s) for i, s in enumerate(sites) if s.label == label)
+
+
 def _probe_loss(model: nn.Module, ids: torch.Tensor) -> float:
     import torch
 
@@ -284,11 +290,10 @@ def find_super_weights(
                 ctx.__exit__(None, None, None)
                 exhausted.add(layer)
 
-    base_loss = _probe_loss(model, probe_ids)
-    for sw in found:
-        with zeroed(refs_for(model, [sw])):
-            sw.loss_increase = _probe_loss(model, probe_ids) - base_loss
-        sw.confirmed = sw.loss_increase >= cfg.min_loss_increase
+    losses = SetLosses(model, lambda: [_probe_loss(model, probe_ids)])
+    contributions = {(sw.module, sw.row): decompose(base.acts, *_site_of(sites, sw.module), sw.row) for sw in found}
+    evidence, groups, set_loss = confirm_set(losses, found, cfg, contributions)
+    base_loss = losses.base_loss
     confirmed = [w for w in found if w.confirmed]
     hidden = _layer_outputs(model, prompt_ids[0])
     activations = _super_activations(hidden, base, confirmed, sites, cfg)
@@ -306,12 +311,16 @@ def find_super_weights(
         unconfirmed=[w for w in found if not w.confirmed],
         super_activations=activations,
         layers=layers,
-        timings={"detect_s": detect_s},
+        # forward passes: the prompts once per measuring round, the probe once per zeroed set, one residual trace
+        timings={"detect_s": detect_s, "forward_passes": len(prompt_ids) * (1 + len(iterations)) + losses.passes + 1},
         base_loss=base_loss,
         config=cfg,
         iterations=iterations,
         residual_stream=_residual_stream(hidden),
         rows=weight_rows(model, found),
+        evidence=evidence,
+        groups=groups,
+        set_loss=set_loss,
     )
 
 

@@ -85,6 +85,49 @@ class WeightRow:
 
 
 @dataclass
+class WeightEvidence:
+    """How one candidate was judged as part of the set the search found (issue 10), beside ``SuperWeight``.
+
+    Losses are probe-loss increases in nats over the intact model: ``loss_alone`` (= ``loss_increase``),
+    ``loss_marginal`` given the candidates found before it already zeroed, ``loss_leave_one_out``: the
+    whole set zeroed minus the set without it. ``share``: its part of its super activation
+    (``W[row, col] * x[col] / y[row]`` at the peak token).
+    """
+
+    module: str
+    row: int
+    col: int
+    group: int = 0
+    share: float = float("nan")
+    loss_alone: float = float("nan")
+    loss_marginal: float = float("nan")
+    loss_leave_one_out: float = float("nan")
+    loss_group_leave_one_out: float = float("nan")  # its group zeroed minus the group without it
+    confirmed_by: str = ""  # "alone", "marginal", "group" or "" (not confirmed)
+
+    @property
+    def coordinate(self) -> tuple[str, int, int]:
+        return (self.module, self.row, self.col)
+
+
+@dataclass
+class WeightGroup:
+    """Candidates that feed one super activation (same layer, same output row): judged together."""
+
+    group: int
+    layer: int
+    module: str
+    row: int
+    members: list[int]  # columns, in the order the search found them
+    shares: list[float]  # each member's share of the activation
+    joint_loss: float  # probe-loss increase with every member zeroed together
+    activation: float  # the down-projection output at (peak token, row), model intact
+    token: int
+    top_contributors: list[dict[str, float]] = field(default_factory=list)  # largest |share| input channels
+    confirmed: bool = False
+
+
+@dataclass
 class ScanResult:
     model: str
     architecture: str
@@ -102,6 +145,16 @@ class ScanResult:
     residual_stream: list[dict[str, Any]] = field(default_factory=list)
     rows: list[WeightRow] = field(default_factory=list)
     source: dict[str, Any] = field(default_factory=dict)  # where the model came from (path, kind, dequantized_from)
+    evidence: list[WeightEvidence] = field(default_factory=list)  # one per candidate (super_weights + unconfirmed)
+    groups: list[WeightGroup] = field(default_factory=list)
+    set_loss: float = float("nan")  # probe-loss increase with every candidate zeroed at once
+
+    def evidence_for(self, weight: SuperWeight) -> WeightEvidence | None:
+        return next((e for e in self.evidence if e.coordinate == weight.coordinate), None)
+
+    def _weight_dict(self, weight: SuperWeight) -> dict[str, Any]:
+        ev = self.evidence_for(weight)
+        return {**asdict(weight), **(asdict(ev) if ev is not None else {})}
 
     def to_dict(self) -> dict[str, Any]:
         config = asdict(self.config)
@@ -111,7 +164,9 @@ class ScanResult:
             "architecture": self.architecture,
             "num_parameters": self.num_parameters,
             "prompts": list(self.prompts),
-            "super_weights": [asdict(w) for w in self.super_weights + self.unconfirmed],
+            "super_weights": [self._weight_dict(w) for w in self.super_weights + self.unconfirmed],
+            "groups": [asdict(g) for g in self.groups],
+            "set_loss": self.set_loss,
             "super_activations": [asdict(a) for a in self.super_activations],
             "layers": [asdict(s) for s in self.layers],
             "residual_stream": self.residual_stream,
@@ -145,6 +200,9 @@ class ScanResult:
                 residual_stream=list(data["residual_stream"]),
                 rows=[build(WeightRow, r) for r in data["rows"]],
                 source=dict(data["source"]),
+                evidence=[build(WeightEvidence, w) for w in data["super_weights"] if "loss_alone" in w],
+                groups=[build(WeightGroup, g) for g in data.get("groups", [])],
+                set_loss=float(data.get("set_loss", float("nan"))),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ResultFileError(f"not a superweight scan result ({type(exc).__name__}: {exc})") from None
