@@ -14,7 +14,10 @@ whole, so each alone costs little while both together break the model. So for th
 A candidate is confirmed when its own or its marginal effect clears the bar, or when its group's
 joint effect does and the group needs it (its in-group leave-one-out clears the bar too): the first
 member of a pair has ``marginal == alone``, and without the group rule the search order alone would
-decide which half of a pair is reported. Every set of weights is zeroed at most once (cached), and
+decide which half of a pair is reported. That effect must also beat the layer's null (see
+:mod:`superweight.detect.nulls`): above every draw, and ``null_z`` standard deviations above their mean.
+
+Every set of weights is zeroed at most once (cached), and
 every weight is restored bit-exactly (the interventions' context managers).
 """
 
@@ -24,6 +27,7 @@ import math
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
+from superweight.detect.probe import bootstrap_interval
 from superweight.detect.result import WeightEvidence, WeightGroup
 from superweight.model.interventions import refs_for, zeroed
 
@@ -32,6 +36,7 @@ if TYPE_CHECKING:
 
     from superweight.coordinates import SuperWeight
     from superweight.detect.contributions import Contributions
+    from superweight.detect.nulls import NullStats
     from superweight.detect.result import DetectionConfig
 
 Key = frozenset[tuple[str, int, int]]
@@ -60,6 +65,10 @@ class SetLosses:
             self.cache[key] = [a - b for a, b in zip(losses, self.base, strict=True)]
         return self.cache[key]
 
+    def difference(self, a: Sequence[SuperWeight], b: Sequence[SuperWeight]) -> list[float]:
+        """Per-window increase of zeroing ``a`` minus that of zeroing ``b``."""
+        return [x - y for x, y in zip(self.windows(a), self.windows(b), strict=True)]
+
     def increase(self, weights: Sequence[SuperWeight]) -> float:
         values = self.windows(weights)
         return sum(values) / len(values)
@@ -84,10 +93,12 @@ def confirm_set(
     found: list[SuperWeight],
     cfg: DetectionConfig,
     contributions: dict[tuple[str, int], Contributions] | None = None,
+    nulls: dict[int, NullStats] | None = None,
 ) -> tuple[list[WeightEvidence], list[WeightGroup], float]:
     """Judge ``found`` (search order) as a set; sets ``loss_increase`` and ``confirmed`` on each weight.
 
-    ``contributions`` maps (module, row) to the decomposition of that super activation, for shares.
+    ``contributions`` maps (module, row) to the decomposition of that super activation, for shares;
+    ``nulls`` maps a layer to its null distribution: a confirmed effect must beat it too.
     Returns the per-candidate evidence, the groups, and the whole set's loss increase.
     """
     bar = cfg.min_loss_increase
@@ -118,12 +129,21 @@ def confirm_set(
             ev = evidence[found.index(w)]
             others = [m for m in members if m is not w]
             ev.loss_group_leave_one_out = joint - losses.increase(others) if others else ev.loss_alone
-            if ev.loss_alone >= bar:
-                ev.confirmed_by = "alone"
-            elif ev.loss_marginal >= bar:
-                ev.confirmed_by = "marginal"
-            elif others and joint >= bar and ev.loss_group_leave_one_out >= bar:
-                ev.confirmed_by = "group"
+            i = found.index(w)
+            paths = [("alone", losses.windows([w])), ("marginal", losses.difference(found[: i + 1], found[:i]))]
+            if others and joint >= bar:
+                paths.append(("group", losses.difference(members, others)))
+            means = [(name, sum(v) / len(v), v) for name, v in paths]
+            cleared = [m for m in means if m[1] >= bar]
+            ev.confirmed_by, ev.effect, per_window = (
+                cleared[0] if cleared else ("", *max(means, key=lambda m: m[1])[1:])
+            )
+            ev.effect_interval = bootstrap_interval(per_window)
+            null = (nulls or {}).get(layer)
+            if null is not None and null.draws:
+                ev.null_max, ev.null_ratio, ev.null_z = null.max_abs, null.ratio(ev.effect), null.z(ev.effect)
+                if ev.confirmed_by and not null.beaten_by(ev.effect, cfg.null_z):
+                    ev.confirmed_by, ev.null_rejected = "", True
             w.confirmed = bool(ev.confirmed_by)
         groups.append(
             WeightGroup(

@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING, Any
 from superweight.coordinates import SuperActivation, SuperWeight
 from superweight.detect.confirm import SetLosses, confirm_set
 from superweight.detect.contributions import decompose
+from superweight.detect.nulls import layer_nulls
+from superweight.detect.probe import probe_windows, window_losses
 from superweight.detect.result import DEFAULT_PROMPTS, DetectionConfig, LayerStats, ScanResult, WeightRow
 from superweight.errors import SuperweightError
 from superweight.model.architectures import DownProj, architecture_name, down_projections, find_down_proj
@@ -172,13 +174,6 @@ def _site_of(sites: list[DownProj], label: str) -> tuple[int, DownProj]:
     return next((i, s) for i, s in enumerate(sites) if s.label == label)
 
 
-def _probe_loss(model: nn.Module, ids: torch.Tensor) -> float:
-    import torch
-
-    with torch.no_grad():
-        return float(model(ids, labels=ids).loss)
-
-
 def _layer_outputs(model: nn.Module, ids: torch.Tensor) -> list[torch.Tensor]:
     """The residual stream after each decoder layer, (tokens, hidden) each."""
     import torch
@@ -239,7 +234,7 @@ def find_super_weights(
     sites = down_projections(model)
     device = next(model.parameters()).device
     prompt_ids = [_encode(tokenizer, p, device) for p in prompts]
-    probe_ids = _encode(tokenizer, cfg.probe_text, device)
+    probe = probe_windows(tokenizer, cfg.probe_text, model, cfg.probe_windows, cfg.probe_tokens)
 
     base = _measure(model, sites, prompt_ids)
     layers = _layer_stats(base, cfg)
@@ -290,9 +285,10 @@ def find_super_weights(
                 ctx.__exit__(None, None, None)
                 exhausted.add(layer)
 
-    losses = SetLosses(model, lambda: [_probe_loss(model, probe_ids)])
+    losses = SetLosses(model, lambda: window_losses(model, probe))
     contributions = {(sw.module, sw.row): decompose(base.acts, *_site_of(sites, sw.module), sw.row) for sw in found}
-    evidence, groups, set_loss = confirm_set(losses, found, cfg, contributions)
+    nulls = layer_nulls(losses, sites, found, cfg.null_draws) if cfg.null_draws else {}
+    evidence, groups, set_loss = confirm_set(losses, found, cfg, contributions, nulls)
     base_loss = losses.base_loss
     confirmed = [w for w in found if w.confirmed]
     hidden = _layer_outputs(model, prompt_ids[0])
@@ -321,6 +317,7 @@ def find_super_weights(
         evidence=evidence,
         groups=groups,
         set_loss=set_loss,
+        probe=probe.to_dict(),
     )
 
 

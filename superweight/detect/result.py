@@ -38,8 +38,12 @@ class DetectionConfig:
     max_iterations: int = 8  # cap on zero-and-rerun rounds
     min_spike_drop: float = 0.3  # zeroing a candidate must lower its layer's output spike by this fraction
     min_loss_increase: float = 0.25  # nats of probe loss zeroing must add to confirm (x1.28 perplexity)
+    null_draws: int = 8  # magnitude-matched random weights zeroed per layer with a candidate (0: no null)
+    null_z: float = 3.0  # a confirmed effect must beat every null draw and sit this many SDs above their mean
     fire_fraction: float = 0.25  # a token "fires" where |activation| >= this fraction of the peak
-    probe_text: str = PROBE_TEXT
+    probe_windows: int = 4  # the default probe: windows of WikiText-2 validation (built-in text without data)
+    probe_tokens: int = 64  # ...of this many tokens each (see docs/detect.md: why 4 x 64)
+    probe_text: str | None = None  # a text of your own instead (one window when it is short)
 
     def __post_init__(self) -> None:
         for name in ("z_threshold", "mad_floor"):
@@ -47,6 +51,8 @@ class DetectionConfig:
                 raise SuperweightError(f"must be > 0 (got {getattr(self, name)})", option=name)
         if not self.min_ratio >= 1:
             raise SuperweightError(f"must be at least 1 (got {self.min_ratio})", option="min_ratio")
+        if self.null_draws < 0:
+            raise SuperweightError(f"must be >= 0 (got {self.null_draws})", option="null_draws")
         if self.max_iterations < 1:
             raise SuperweightError(f"must be at least 1 (got {self.max_iterations})", option="max_iterations")
         for name in ("min_spike_drop", "fire_fraction"):
@@ -54,7 +60,11 @@ class DetectionConfig:
                 raise SuperweightError(f"must be in (0, 1] (got {getattr(self, name)})", option=name)
         if not self.min_loss_increase >= 0:
             raise SuperweightError(f"must be >= 0 nats (got {self.min_loss_increase})", option="min_loss_increase")
-        if not self.probe_text.strip():
+        if self.probe_windows < 1 or self.probe_tokens < 8:
+            raise SuperweightError(
+                f"needs >= 1 window of >= 8 tokens (got {self.probe_windows} x {self.probe_tokens})", option="probe"
+            )
+        if self.probe_text is not None and not self.probe_text.strip():
             raise SuperweightError("the probe text is empty", option="probe_text")
 
 
@@ -104,6 +114,12 @@ class WeightEvidence:
     loss_leave_one_out: float = float("nan")
     loss_group_leave_one_out: float = float("nan")  # its group zeroed minus the group without it
     confirmed_by: str = ""  # "alone", "marginal", "group" or "" (not confirmed)
+    effect: float = float("nan")  # the loss increase judged: the path that cleared the bar, else the largest
+    effect_interval: list[float] = field(default_factory=list)  # 95% bootstrap interval over probe windows
+    null_max: float = float("nan")  # largest |loss increase| of magnitude-matched random weights of its tensor
+    null_ratio: float = float("nan")  # effect / null_max
+    null_z: float = float("nan")  # (effect - null mean) / null std
+    null_rejected: bool = False  # cleared the margin, but not the null
 
     @property
     def coordinate(self) -> tuple[str, int, int]:
@@ -148,6 +164,7 @@ class ScanResult:
     evidence: list[WeightEvidence] = field(default_factory=list)  # one per candidate (super_weights + unconfirmed)
     groups: list[WeightGroup] = field(default_factory=list)
     set_loss: float = float("nan")  # probe-loss increase with every candidate zeroed at once
+    probe: dict[str, Any] = field(default_factory=dict)  # source, windows, tokens of the confirmation probe
 
     def evidence_for(self, weight: SuperWeight) -> WeightEvidence | None:
         return next((e for e in self.evidence if e.coordinate == weight.coordinate), None)
@@ -167,6 +184,7 @@ class ScanResult:
             "super_weights": [self._weight_dict(w) for w in self.super_weights + self.unconfirmed],
             "groups": [asdict(g) for g in self.groups],
             "set_loss": self.set_loss,
+            "probe": dict(self.probe),
             "super_activations": [asdict(a) for a in self.super_activations],
             "layers": [asdict(s) for s in self.layers],
             "residual_stream": self.residual_stream,
@@ -203,6 +221,7 @@ class ScanResult:
                 evidence=[build(WeightEvidence, w) for w in data["super_weights"] if "loss_alone" in w],
                 groups=[build(WeightGroup, g) for g in data.get("groups", [])],
                 set_loss=float(data.get("set_loss", float("nan"))),
+                probe=dict(data.get("probe", {})),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ResultFileError(f"not a superweight scan result ({type(exc).__name__}: {exc})") from None
