@@ -55,7 +55,7 @@ def test_set_fields_round_trip_and_keep_todays_fields(pair_scan):
     assert w["loss_increase"] == w["loss_alone"]
     assert {"group", "members", "shares", "joint_loss"} <= set(data["groups"][0])
     again = ScanResult.from_dict(data)
-    assert again.to_dict() == result.to_dict()
+    assert json.dumps(again.to_dict()) == json.dumps(result.to_dict())  # (NaN == NaN as text)
     assert data["timings"]["forward_passes"] > len(PROMPTS)
 
 
@@ -65,3 +65,11 @@ def test_single_weight_is_confirmed_alone():
     assert [(w.layer, w.row, w.col) for w in result.super_weights] == [(LAYER, ROW, COLS[0])]
     ev = result.evidence_for(result.super_weights[0])
     assert ev.confirmed_by == "alone" and ev.share == pytest.approx(1.0, abs=1e-3)
+
+
+def test_agreement_survives_adding_a_bos_token():
+    model, tok = planted_pair(weights=(2.0, 0.0))
+    tok.bos_token = "!"  # prompts get "!" prepended: the trigger moves to position 1
+    result = find_super_weights(model, tok, PROMPTS, TINY)
+    ev = result.evidence_for(result.super_weights[0])
+    assert result.super_weights[0].agreement == 1.0 and ev.bos_agreement == 1.0

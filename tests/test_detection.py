@@ -134,7 +134,7 @@ def test_smollm2_super_weight(smollm2, smollm2_scan, smollm2_state):
     assert abs(sw.output_activation) > 1e4
     # the second weight is harmless alone, but given the first it breaks the model: a set, not two singles
     first, second = (result.evidence_for(w) for w in result.super_weights)
-    assert second.loss_alone < 0.25 < second.loss_marginal
+    assert second.loss_alone < first.loss_alone / 5 and second.loss_marginal > 1.0
     assert first.group == second.group and first.share > 0.5 and 0.1 < second.share < 0.5
     group = next(g for g in result.groups if g.row == 507 and g.layer == 11)
     assert group.members == [1229, 1487] and group.joint_loss > first.loss_alone + 1.0

@@ -120,6 +120,8 @@ class WeightEvidence:
     null_ratio: float = float("nan")  # effect / null_max
     null_z: float = float("nan")  # (effect - null mean) / null std
     null_rejected: bool = False  # cleared the margin, but not the null
+    label: str = ""  # e.g. an opposite-sign pair cancelling an earlier super activation
+    bos_agreement: float | None = None  # `agreement` with BOS added (or removed); None: the tokenizer has none
 
     @property
     def coordinate(self) -> tuple[str, int, int]:
@@ -165,6 +167,8 @@ class ScanResult:
     groups: list[WeightGroup] = field(default_factory=list)
     set_loss: float = float("nan")  # probe-loss increase with every candidate zeroed at once
     probe: dict[str, Any] = field(default_factory=dict)  # source, windows, tokens of the confirmation probe
+    fp16: dict[str, Any] = field(default_factory=dict)  # largest |value| seen vs float16's 65,504
+    massive: dict[str, Any] = field(default_factory=dict)  # where a massive activation comes from (none confirmed)
 
     def evidence_for(self, weight: SuperWeight) -> WeightEvidence | None:
         return next((e for e in self.evidence if e.coordinate == weight.coordinate), None)
@@ -185,6 +189,8 @@ class ScanResult:
             "groups": [asdict(g) for g in self.groups],
             "set_loss": self.set_loss,
             "probe": dict(self.probe),
+            "fp16": dict(self.fp16),
+            "massive": dict(self.massive),
             "super_activations": [asdict(a) for a in self.super_activations],
             "layers": [asdict(s) for s in self.layers],
             "residual_stream": self.residual_stream,
@@ -222,6 +228,8 @@ class ScanResult:
                 groups=[build(WeightGroup, g) for g in data.get("groups", [])],
                 set_loss=float(data.get("set_loss", float("nan"))),
                 probe=dict(data.get("probe", {})),
+                fp16=dict(data.get("fp16", {})),
+                massive=dict(data.get("massive", {})),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ResultFileError(f"not a superweight scan result ({type(exc).__name__}: {exc})") from None
