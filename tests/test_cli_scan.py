@@ -98,4 +98,4 @@ def test_default_scan_on_the_real_model():
     data = json.loads(proc.stdout)
     assert data["model"] == "smollm2-135m"
     confirmed = [(w["layer"], w["row"], w["col"]) for w in data["super_weights"] if w["confirmed"]]
-    assert confirmed == [(11, 507, 1229)]
+    assert confirmed == [(11, 507, 1229), (11, 507, 1487)]  # one super activation, two weights

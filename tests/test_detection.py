@@ -122,15 +122,22 @@ def test_bfloat16_model_finds_the_same_weight(tokenizer):
 
 
 def test_smollm2_super_weight(smollm2, smollm2_scan, smollm2_state):
-    """SmolLM2-135M: one confirmed super weight in layer 11, hidden channel 507, at the first token."""
+    """SmolLM2-135M: one super activation (layer 11, hidden channel 507, first token) fed by two weights."""
     result = smollm2_scan
     assert [(w.layer, w.module, w.row, w.col) for w in result.super_weights] == [
-        (11, "model.layers.11.mlp.down_proj", 507, 1229)
+        (11, "model.layers.11.mlp.down_proj", 507, 1229),
+        (11, "model.layers.11.mlp.down_proj", 507, 1487),
     ]
     sw = result.super_weights[0]
     assert sw.loss_increase > 1.0  # zeroing one of 134 M weights costs more than a nat on the probe
     assert sw.agreement == 1.0 and sw.tokens == [0]
     assert abs(sw.output_activation) > 1e4
+    # the second weight is harmless alone, but given the first it breaks the model: a set, not two singles
+    first, second = (result.evidence_for(w) for w in result.super_weights)
+    assert second.loss_alone < first.loss_alone / 5 and second.loss_marginal > 1.0
+    assert first.group == second.group and first.share > 0.5 and 0.1 < second.share < 0.5
+    group = next(g for g in result.groups if g.row == 507 and g.layer == 11)
+    assert group.members == [1229, 1487] and group.joint_loss > first.loss_alone + 1.0
     act = result.super_activations[0]
     assert (act.layer, act.channel) == (11, 507)
     assert act.persists_until > 20  # it rides the residual stream through most later layers

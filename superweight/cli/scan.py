@@ -75,14 +75,21 @@ def render(scan: ScanResult) -> str:
         "input act",
         "output act",
         "tokens",
-        "loss +nats",
+        "group",
+        "share",
+        "alone +nats",
+        "marginal",
+        "leave-1-out",
         "agree",
+        "bos agree",
     ]
 
     def rows(weights: list[dict[str, Any]]) -> list[list[Any]]:
         return [
             [w["layer"], w["module"], w["row"], w["col"], w["value"], w["input_activation"],
-             w["output_activation"], ",".join(map(str, w["tokens"])), w["loss_increase"], w.get("agreement")]
+             w["output_activation"], ",".join(map(str, w["tokens"])), w.get("group"), w.get("share"),
+             w["loss_increase"], w.get("loss_marginal"), w.get("loss_leave_one_out"), w.get("agreement"),
+             w.get("bos_agreement")]
             for w in weights
         ]  # fmt: skip
 
@@ -97,6 +104,9 @@ def render(scan: ScanResult) -> str:
         out += "\n" + format_table(
             headers, rows(unconfirmed), title="candidates not confirmed (loss increase too small)"
         )
+    out += _groups(payload)
+    labelled = [w for w in payload["super_weights"] if w.get("label")]
+    out += "".join(f"layer {w['layer']} [{w['row']}, {w['col']}]: {w['label']}\n" for w in labelled)
     if payload["super_activations"]:
         acts = [
             [a["layer"], a["channel"], a["value"], ",".join(map(str, a["tokens"])), a["persists_until"]]
@@ -105,9 +115,66 @@ def render(scan: ScanResult) -> str:
         out += "\n" + format_table(
             ["layer", "channel", "value", "tokens", "persists to layer"], acts, title="super activations"
         )
+    out += _fp16(payload)
     t = payload["timings"]
-    out += f"\nload {t.get('load_s', 0):.1f} s, detection {t['detect_s']:.1f} s\n"
+    passes = f" ({t['forward_passes']} forward passes)" if "forward_passes" in t else ""
+    out += f"\nload {t.get('load_s', 0):.1f} s, detection {t['detect_s']:.1f} s{passes}\n"
     return out
+
+
+def _fp16(payload: dict[str, Any]) -> str:
+    fp16 = payload.get("fp16") or {}
+    if not fp16:
+        return ""
+    where = f"{fp16['where']} of layer {fp16['layer']}"
+    if fp16["overflows_fp16"]:
+        return (
+            f"\nWARNING: float16 overflow: |{fp16['max_abs']:,.0f}| in the {where} exceeds float16's 65,504; "
+            "run this model in bfloat16 or float32, not float16.\n"
+        )
+    return f"\nfloat16: largest |value| {fp16['max_abs']:,.0f} ({where}), {fp16['headroom']:.1f}x below 65,504\n"
+
+
+def _massive(payload: dict[str, Any]) -> str:
+    """Where a massive activation comes from when no single weight is behind it."""
+    m = payload.get("massive") or {}
+    if not m.get("builders"):
+        return ""
+    out = (
+        f"largest residual value {m['value']:,.1f} (hidden channel {m['channel']}, token {m['token']}, after layer "
+        f"{m['layer']}; {m['ratio_to_median']:,.0f}x its token's median) is built by:\n"
+    )
+    for b in m["builders"]:
+        out += f"  layer {b['layer']}: adds {b['added']:,.1f} (MLP {b['mlp']:,.1f}, attention/other {b['other']:,.1f})"
+        if "gain" in b:
+            out += f" = down_proj {b['down_proj']:.3g} through {b['norm']} gain {b['gain']:.3g}"
+        out += "\n"
+    check = m.get("causal_check")
+    if check:
+        out += (
+            f"causal check: {check['parameter']} {check['gain']:.3g} -> {check['set_to']:.3g} (the norm's median) "
+            f"moves it {check['value_before']:,.1f} -> {check['value_after']:,.1f}, probe loss "
+            f"{check['loss_increase']:+.3g} nats\n"
+        )
+    return out
+
+
+def _groups(payload: dict[str, Any]) -> str:
+    """Candidates feeding one super activation, judged together (issue 10)."""
+    from superweight.report.tables import format_table
+
+    groups = payload.get("groups") or []
+    if not groups:
+        return ""
+    rows = [
+        [g["group"], g["layer"], g["row"], ",".join(map(str, g["members"])),
+         ",".join(f"{s:.2f}" for s in g["shares"]), g["joint_loss"], "yes" if g["confirmed"] else "no"]
+        for g in groups
+    ]  # fmt: skip
+    title = f"groups (one per super activation); all candidates zeroed together: +{payload['set_loss']:.3g} nats"
+    return "\n" + format_table(
+        ["group", "layer", "row", "members", "shares", "joint +nats", "confirmed"], rows, title=title
+    )
 
 
 def _evidence(payload: dict[str, Any]) -> str:
@@ -116,8 +183,8 @@ def _evidence(payload: dict[str, Any]) -> str:
 
     top = sorted(payload["layers"], key=lambda s: -min(s["input_z"], s["output_z"]))[:5]
     stream = payload.get("residual_stream") or []
-    note = ""
-    if stream:
+    note = _massive(payload)
+    if stream and not note:
         peak = max(stream, key=lambda r: r["max"])
         grew = [r["layer"] for r in stream if r["channel"] == peak["channel"]]
         note = (

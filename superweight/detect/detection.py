@@ -29,11 +29,16 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from superweight.coordinates import SuperActivation, SuperWeight
+from superweight.detect.confirm import SetLosses, confirm_set
+from superweight.detect.contributions import decompose
+from superweight.detect.evidence import explain_massive, fp16_safety, pair_label
+from superweight.detect.nulls import layer_nulls
+from superweight.detect.probe import probe_windows, window_losses
 from superweight.detect.result import DEFAULT_PROMPTS, DetectionConfig, LayerStats, ScanResult, WeightRow
 from superweight.errors import SuperweightError
 from superweight.model.architectures import DownProj, architecture_name, down_projections, find_down_proj
 from superweight.model.capture import SiteActivations, capture_down_proj, capture_layer_outputs
-from superweight.model.interventions import WeightRef, refs_for, zeroed
+from superweight.model.interventions import WeightRef, zeroed
 from superweight.progress import log
 
 if TYPE_CHECKING:
@@ -166,11 +171,8 @@ def _agreement(run: _Pass, sw: SuperWeight, sites: list[DownProj], cfg: Detectio
     return agree / len(run.acts)
 
 
-def _probe_loss(model: nn.Module, ids: torch.Tensor) -> float:
-    import torch
-
-    with torch.no_grad():
-        return float(model(ids, labels=ids).loss)
+def _site_of(sites: list[DownProj], label: str) -> tuple[int, DownProj]:
+    return next((i, s) for i, s in enumerate(sites) if s.label == label)
 
 
 def _layer_outputs(model: nn.Module, ids: torch.Tensor) -> list[torch.Tensor]:
@@ -213,6 +215,23 @@ def _encode(tokenizer: Any, text: str, device: torch.device) -> torch.Tensor:
     return ids.to(device)
 
 
+def bos_toggled(tokenizer: Any, prompt_ids: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The prompts with the tokenizer's BOS token prepended, or dropped where it is there (none: [])."""
+    import torch
+
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is None:
+        return []
+    out = []
+    for ids in prompt_ids:
+        if int(ids[0, 0]) == bos:
+            if ids.shape[1] > 1:
+                out.append(ids[:, 1:])
+        else:
+            out.append(torch.cat([ids.new_tensor([[bos]]), ids], dim=1))
+    return out
+
+
 def find_super_weights(
     model: nn.Module,
     tokenizer: Any,
@@ -233,7 +252,9 @@ def find_super_weights(
     sites = down_projections(model)
     device = next(model.parameters()).device
     prompt_ids = [_encode(tokenizer, p, device) for p in prompts]
-    probe_ids = _encode(tokenizer, cfg.probe_text, device)
+    alt_ids = bos_toggled(tokenizer, prompt_ids)  # the same prompts with BOS added (or removed)
+    bos_agreement: dict[tuple[str, int, int], float] = {}
+    probe = probe_windows(tokenizer, cfg.probe_text, model, cfg.probe_windows, cfg.probe_tokens)
 
     base = _measure(model, sites, prompt_ids)
     layers = _layer_stats(base, cfg)
@@ -262,6 +283,8 @@ def find_super_weights(
             seen.add(cand.coordinate)
             ref = WeightRef(find_down_proj(sites, cand.module), cand.row, cand.col)
             cand.agreement = _agreement(run, cand, sites, cfg)
+            if alt_ids:
+                bos_agreement[cand.coordinate] = _agreement(_measure(model, sites, alt_ids), cand, sites, cfg)
             ctx = zeroed([ref])
             ctx.__enter__()
             after_run = _measure(model, sites, prompt_ids)
@@ -284,15 +307,32 @@ def find_super_weights(
                 ctx.__exit__(None, None, None)
                 exhausted.add(layer)
 
-    base_loss = _probe_loss(model, probe_ids)
-    for sw in found:
-        with zeroed(refs_for(model, [sw])):
-            sw.loss_increase = _probe_loss(model, probe_ids) - base_loss
-        sw.confirmed = sw.loss_increase >= cfg.min_loss_increase
+    losses = SetLosses(model, lambda: window_losses(model, probe))
+    contributions = {(sw.module, sw.row): decompose(base.acts, *_site_of(sites, sw.module), sw.row) for sw in found}
+    nulls = layer_nulls(losses, sites, found, cfg.null_draws) if cfg.null_draws else {}
+    evidence, groups, set_loss = confirm_set(losses, found, cfg, contributions, nulls)
+    base_loss = losses.base_loss
     confirmed = [w for w in found if w.confirmed]
     hidden = _layer_outputs(model, prompt_ids[0])
     activations = _super_activations(hidden, base, confirmed, sites, cfg)
+    for ev, sw in zip(evidence, found, strict=True):
+        ev.label = pair_label(sw, activations)
+        ev.bos_agreement = bos_agreement.get(sw.coordinate)
+    residual = _residual_stream(hidden)
+    massive: dict[str, Any] = {}
+    extra = 0
+    if not confirmed:
+
+        def rerun() -> tuple[list[torch.Tensor], float]:
+            nonlocal extra
+            extra += 2
+            after = _layer_outputs(model, prompt_ids[0])
+            loss = window_losses(model, probe)
+            return after, sum(loss) / len(loss) - base_loss
+
+        massive = explain_massive(model, hidden, base.acts[0], sites, rerun)
     detect_s = time.perf_counter() - start
+    prompt_passes = (len(prompt_ids) + len(alt_ids)) * len(iterations) + len(prompt_ids) + 1 + extra // 2
     log(
         f"detection: {len(confirmed)} confirmed super weight(s), "
         f"{len(found) - len(confirmed)} unconfirmed, {detect_s:.1f} s"
@@ -306,12 +346,24 @@ def find_super_weights(
         unconfirmed=[w for w in found if not w.confirmed],
         super_activations=activations,
         layers=layers,
-        timings={"detect_s": detect_s},
+        # forward passes: the prompts once per measuring round, the probe once per zeroed set, one residual trace
+        timings={
+            "detect_s": detect_s,
+            "forward_passes": prompt_passes + losses.passes + extra // 2,
+            "prompt_passes": prompt_passes,  # short prompts, batch of 1
+            "probe_passes": losses.passes + extra // 2,  # one batch of probe windows each
+        },
         base_loss=base_loss,
         config=cfg,
         iterations=iterations,
-        residual_stream=_residual_stream(hidden),
+        residual_stream=residual,
         rows=weight_rows(model, found),
+        evidence=evidence,
+        groups=groups,
+        set_loss=set_loss,
+        probe=probe.to_dict(),
+        fp16=fp16_safety(residual, layers),
+        massive=massive,
     )
 
 

@@ -153,7 +153,7 @@ def summary(scan: ScanResult) -> list[str]:
             f"The super activation at hidden channel {act.channel} reaches {g(act.value)} after layer {act.layer} "
             f"(token position(s) {fmt_value(act.tokens)})."
         )
-    out.append(f"It took {g(sum(scan.timings.values()))} s.")
+    out.append(f"It took {g(sum(v for k, v in scan.timings.items() if k.endswith('_s')))} s.")
     return out
 
 
