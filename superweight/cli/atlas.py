@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from superweight.cli.options import emit
+from superweight.cli.options import add_output, emit
 
 if TYPE_CHECKING:
     from superweight.detect.atlas import AtlasListing
@@ -34,8 +34,8 @@ def register(sub: Any) -> None:
     p.add_argument("target", nargs="*", metavar="[check] MODEL", help="a model id or alias; `check MODEL` to check")
     p.add_argument("--entry", metavar="ID", default=None, help="(check) apply this entry instead of the matching ones")
     p.add_argument("--atlas", type=Path, metavar="FILE", default=None, help="another atlas file (same schema)")
-    p.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
-    p.set_defaults(func=run, out=None)
+    add_output(p)
+    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

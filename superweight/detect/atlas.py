@@ -180,7 +180,7 @@ def _entry(d: dict[str, Any]) -> AtlasEntry:
                        _int(s["intermediate"], "shape.intermediate", 1),
                        None if experts is None else _int(experts, "shape.experts", 1))  # fmt: skip
     aliases = d.get("aliases", [])
-    if not isinstance(aliases, list):
+    if not isinstance(aliases, (list, tuple)):
         raise ValueError("aliases must be a list")
     experts_list = []
     for e in d.get("super_experts", []):
@@ -206,7 +206,7 @@ def _entry(d: dict[str, Any]) -> AtlasEntry:
     )
 
 
-def parse_atlas(data: Any, where: str = "atlas") -> Atlas:
+def parse_atlas(data: Any, where: str = "the atlas") -> Atlas:
     """Validate an atlas document: schema version, then every entry (the first problem is the error)."""
     if not isinstance(data, dict):
         raise AtlasError(f"{where} is not an atlas (not a JSON object)", option="atlas")

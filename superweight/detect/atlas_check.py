@@ -149,9 +149,10 @@ def check_shapes(spec: str, atlas: Atlas | None = None, entry_id: str | None = N
     from superweight.model.files import resolve_model_files
 
     atlas = atlas or load_atlas()
+    chosen = atlas.entry(entry_id) if entry_id is not None else None  # a bad id fails before any file is read
     files = resolve_model_files(spec)
     names = model_names(spec, files)
-    entries = [atlas.entry(entry_id)] if entry_id is not None else atlas.find(names)
+    entries = [chosen] if chosen is not None else atlas.find(names)
     if not entries:
         raise AtlasError(
             f"no atlas entry matches {spec} (it answers to {', '.join(names)}); apply one with {{option}} ID",
