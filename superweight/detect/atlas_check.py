@@ -174,13 +174,20 @@ def check_shapes(spec: str, atlas: Atlas | None = None, entry_id: str | None = N
     return AtlasCheck(spec, files.format, names, layers, tensors, checks, atlas.atlas_version)
 
 
-def names_for(spec: str) -> list[str]:
-    """:func:`model_names` of ``spec``, reading its files' identity where it has files (a hub id has none)."""
+def names_for(spec: str, atlas: Atlas | None = None) -> list[str]:
+    """:func:`model_names` of ``spec``; its files' identity (config, GGUF name) is read only when needed.
+
+    When the spec itself (an alias, a folder named like the model) already matches an entry of ``atlas``,
+    no header is parsed, so a scan pays nothing for it; a hub id has no files to read.
+    """
     from superweight.errors import SuperweightError
     from superweight.model.files import resolve_model_files
 
+    names = model_names(spec)
+    if (atlas or load_atlas()).find(names):
+        return names
     try:
         files = resolve_model_files(spec)
     except SuperweightError:
-        files = None
+        return names
     return model_names(spec, files)
