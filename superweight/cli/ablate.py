@@ -15,7 +15,7 @@ EXAMPLES = """examples:
 
 
 def register(sub: Any) -> None:
-    from superweight.measure.ablation import CONDITIONS
+    from superweight.measure.ablation import CONDITIONS, EXPERT_CONDITIONS
     from superweight.model.interventions import CONTROL_K, SCOPES
 
     p = sub.add_parser(
@@ -28,7 +28,13 @@ def register(sub: Any) -> None:
     )
     add_measuring(p)
     a = p.add_argument_group("ablation")
-    a.add_argument("--conditions", default=",".join(CONDITIONS), help=f"comma-separated, from {', '.join(CONDITIONS)}")
+    experts = ", ".join(EXPERT_CONDITIONS)
+    a.add_argument(
+        "--conditions",
+        default=",".join(CONDITIONS),
+        help=f"comma-separated, from {', '.join(CONDITIONS)}; for mixture-of-experts models also {experts} "
+        "(the scan's super experts pruned, and as many random other experts)",
+    )
     a.add_argument(
         "-k", "--k", type=int, default=CONTROL_K, help=f"weights zeroed by the controls (default {CONTROL_K})"
     )
@@ -49,6 +55,8 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     lm = load_from(args)
     scan = scan_from(args, lm)
-    result = run_ablation(lm, scan, settings, names, k=args.k, scope=args.scope, seed=args.seed)
+    result = run_ablation(
+        lm, scan, settings, names, k=args.k, scope=args.scope, seed=args.seed, experts=scan.super_experts
+    )
     emit(args, "ablate", result, ablation_text)
     return 0

@@ -116,6 +116,17 @@ def render(scan: ScanResult) -> str:
             ["layer", "channel", "value", "tokens", "persists to layer"], acts, title="super activations"
         )
     out += _fp16(payload)
+    # --- super experts and atlas agreement (detect/experts.py, detect/atlas.py)
+    if payload.get("super_experts"):
+        experts = [[e["layer"], e["expert"], e["max_output"], e["channel"], e["token"], e["share_of_largest"]]
+                   for e in payload["super_experts"]]  # fmt: skip
+        out += "\n" + format_table(
+            ["layer", "expert", "max |output|", "channel", "token", "of largest"],
+            experts,
+            title="super experts (Su et al. 2025: > 99.5th percentile and > 0.1 x the largest expert maximum)",
+        )
+    if scan.atlas is not None:
+        out += "\n" + scan.atlas.summary() + "\n"
     t = payload["timings"]
     passes = f" ({t['forward_passes']} forward passes)" if "forward_passes" in t else ""
     out += f"\nload {t.get('load_s', 0):.1f} s, detection {t['detect_s']:.1f} s{passes}\n"

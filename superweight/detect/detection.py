@@ -372,6 +372,14 @@ def scan_model(lm: LoadedModel, prompts: list[str] | None = None, config: Detect
     result = find_super_weights(lm.model, lm.tokenizer, prompts, config, model_name=lm.spec)
     result.timings = {"load_s": lm.load_s, **result.timings}
     result.source = {"path": lm.path, "kind": lm.source, "dequantized_from": lm.dequantized_from}
+    # --- super experts (MoE models only: a dense model costs no forward pass) and the atlas's word on this model
+    from superweight.detect.atlas import agreement, load_atlas
+    from superweight.detect.atlas_check import names_for
+    from superweight.detect.experts import find_super_experts
+
+    result.super_experts = find_super_experts(lm.model, lm.tokenizer, result.prompts)
+    atlas = load_atlas()
+    result.atlas = agreement(names_for(lm.spec, atlas), result.super_weights, result.super_experts, atlas)
     return result
 
 

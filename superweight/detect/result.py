@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from superweight.coordinates import SuperActivation, SuperWeight
+from superweight.detect.atlas import AtlasAgreement
+from superweight.detect.experts import SuperExpert
 from superweight.errors import ResultFileError, SuperweightError
 from superweight.results import build, read_document
 
@@ -176,6 +178,9 @@ class ScanResult:
     def _weight_dict(self, weight: SuperWeight) -> dict[str, Any]:
         ev = self.evidence_for(weight)
         return {**asdict(weight), **(asdict(ev) if ev is not None else {})}
+    # --- super experts (MoE models, detect/experts.py) and the atlas's word on this model (detect/atlas.py)
+    super_experts: list[SuperExpert] = field(default_factory=list)
+    atlas: AtlasAgreement | None = None
 
     def to_dict(self) -> dict[str, Any]:
         config = asdict(self.config)
@@ -199,6 +204,9 @@ class ScanResult:
             "timings": dict(self.timings),
             "base_loss": self.base_loss,
             "detection": {**config, "iterations": self.iterations},
+            # --- super experts and atlas agreement
+            "super_experts": [asdict(e) for e in self.super_experts],
+            "atlas": self.atlas.to_dict() if self.atlas is not None else None,
         }
 
     @classmethod
@@ -230,6 +238,9 @@ class ScanResult:
                 probe=dict(data.get("probe", {})),
                 fp16=dict(data.get("fp16", {})),
                 massive=dict(data.get("massive", {})),
+                # --- super experts and atlas agreement (absent from older scans)
+                super_experts=[build(SuperExpert, e) for e in data.get("super_experts") or []],
+                atlas=AtlasAgreement.from_dict(data["atlas"]) if data.get("atlas") else None,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ResultFileError(f"not a superweight scan result ({type(exc).__name__}: {exc})") from None

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from superweight.coordinates import Findings, SuperActivation, SuperWeight
 from superweight.errors import SuperweightError
@@ -25,9 +25,12 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
+    from superweight.model.architectures import DownProj
     from superweight.model.loading import LoadedModel
 
 CONDITIONS = ("original", "no-sw", "no-sw+sa", "top-k", "random-k")
+# Mixture-of-experts models: the super experts pruned, and as many random other experts (Su et al. 2025).
+EXPERT_CONDITIONS = ("no-super-experts", "random-experts")
 PROMPTS = ("Summer is hot. Winter is", "The capital of France is", "My favourite colour is")
 DEFAULT_ALPHAS = (0.0, 0.2, 0.5, 1.0, 1.5, 2.0, 3.0)
 
@@ -167,12 +170,49 @@ def activation_probe(model: nn.Module, scan: Findings) -> Probe | None:
 
 def check_conditions(names: Sequence[str]) -> None:
     """Fail on an unknown condition name before anything is loaded."""
-    unknown = [n for n in names if n not in CONDITIONS]
+    known = CONDITIONS + EXPERT_CONDITIONS
+    unknown = [n for n in names if n not in known]
     if unknown or not names:
         raise SuperweightError(
-            f"unknown condition(s) {', '.join(unknown) or '(none given)'}; choose from {','.join(CONDITIONS)}",
+            f"unknown condition(s) {', '.join(unknown) or '(none given)'}; choose from {','.join(known)}",
             option="conditions",
         )
+
+
+class ExpertCoordinate(Protocol):
+    """An expert as results name it (a scan's super experts): decoder layer and expert index."""
+
+    layer: int
+    expert: int
+
+
+def expert_sites(model: nn.Module, experts: Sequence[ExpertCoordinate]) -> list[DownProj]:
+    """The fused-MoE down-projection of each ``(layer, expert)``; a typed error for one the model lacks."""
+    from superweight.model.architectures import down_projections
+
+    by_key = {(s.layer, s.expert): s for s in down_projections(model) if s.expert is not None}
+    if not by_key:
+        raise SuperweightError(
+            "this model has no routed experts; the expert conditions apply to mixture-of-experts models",
+            option="conditions",
+        )
+    missing = [(e.layer, e.expert) for e in experts if (e.layer, e.expert) not in by_key]
+    if missing:
+        raise SuperweightError(f"this model has no expert(s) {missing} (layer, expert)", option="experts")
+    return [by_key[(e.layer, e.expert)] for e in experts]
+
+
+def random_experts(model: nn.Module, count: int, exclude: Sequence[DownProj] = (), seed: int = 0) -> list[DownProj]:
+    """``count`` distinct routed experts drawn uniformly (seeded) from all but ``exclude``: the control."""
+    import random
+
+    from superweight.model.architectures import down_projections
+
+    skip = {(s.layer, s.expert) for s in exclude}
+    pool = [s for s in down_projections(model) if s.expert is not None and (s.layer, s.expert) not in skip]
+    if count > len(pool):
+        raise SuperweightError(f"{count} random experts asked for, but only {len(pool)} others exist", option="experts")
+    return sorted(random.Random(seed).sample(pool, count), key=lambda s: (s.layer, s.expert))
 
 
 def build_conditions(
@@ -183,16 +223,26 @@ def build_conditions(
     k: int = CONTROL_K,
     scope: str = "down_proj",
     seed: int = 0,
+    experts: Sequence[ExpertCoordinate] = (),
 ) -> list[Condition]:
-    """The paper's Table 1 conditions for the super weights in ``scan``."""
+    """The paper's Table 1 conditions for the super weights in ``scan`` (and the super ``experts``)."""
     from superweight.model.interventions import random_k_refs, top_k_refs
 
     check_conditions(names)
     refs = refs_for(model, scan.super_weights)
     probe = activation_probe(model, scan)
+    pruned: list[DownProj] = []
+    if any(n in EXPERT_CONDITIONS for n in names):
+        pruned = expert_sites(model, experts)
+        if not pruned:
+            raise SuperweightError("no super expert was found to prune; drop the expert conditions", "conditions")
     out = []
     for name in names:
-        if name == "original":
+        if name == "no-super-experts":
+            out.append(Condition(name, pruned=pruned))
+        elif name == "random-experts":
+            out.append(Condition(name, pruned=random_experts(model, len(pruned), pruned, seed)))
+        elif name == "original":
             out.append(Condition(name))
         elif name == "no-sw":
             out.append(Condition(name, refs))
@@ -244,6 +294,11 @@ def continuations(
     return out
 
 
+def _edited(condition: Condition) -> int:
+    """Weights a condition changes: its scalar edits plus every weight of the matrices it prunes."""
+    return len(condition.refs) + sum(site.weight.numel() for site in condition.pruned)
+
+
 def _rows(measured: Measured, name: str) -> dict[str, Any]:
     row = measured.rows[name]
     return {"perplexity": row["perplexity"], "accuracy": row["accuracy"], "details": row["details"],
@@ -265,12 +320,14 @@ def run_ablation(
     scope: str = "down_proj",
     seed: int = 0,
     shift: bool = True,
+    experts: Sequence[ExpertCoordinate] = (),
 ) -> AblationResult:
-    """Table 1 and Figures 4-5 of Yu et al.: every condition x every metric."""
+    """Table 1 and Figures 4-5 of Yu et al.: every condition x every metric (and Su et al.'s expert pruning)."""
     settings = settings or EvalSettings()
-    _need_super_weights(lm, scan, "ablate")
+    if any(n not in EXPERT_CONDITIONS and n != "original" for n in names):
+        _need_super_weights(lm, scan, "ablate")
     start = time.perf_counter()
-    conditions = build_conditions(lm.model, scan, names, k=k, scope=scope, seed=seed)
+    conditions = build_conditions(lm.model, scan, names, k=k, scope=scope, seed=seed, experts=experts)
     tracked = [n for n in ("original", "no-sw") if n in names] if shift else []
     measured = measure(lm, conditions, settings, probe=activation_probe(lm.model, scan), token_stats=tracked)
     first = settings.sources[0]
@@ -279,7 +336,7 @@ def run_ablation(
         architecture=lm.architecture,
         super_weights=list(scan.super_weights),
         super_activations=list(scan.super_activations),
-        conditions=[ConditionResult(c.name, len(c.refs), **_rows(measured, c.name)) for c in conditions],
+        conditions=[ConditionResult(c.name, _edited(c), **_rows(measured, c.name)) for c in conditions],
         recovery=_recovery(measured.rows, first),
         recovery_metric=f"nll:{first}",
         k=k,

@@ -41,10 +41,12 @@ class Condition:
     refs: list[WeightRef] = field(default_factory=list)
     alpha: float = 0.0
     restores: list[tuple[DownProj, int, list[int] | None]] = field(default_factory=list)  # site, channel, tokens
+    # whole down-projection matrices zeroed (a pruned expert: its output is 0 wherever it is routed)
+    pruned: list[DownProj] = field(default_factory=list)
 
     @property
     def is_original(self) -> bool:
-        return not self.restores and (not self.refs or self.alpha == 1.0)
+        return not self.restores and not self.pruned and (not self.refs or self.alpha == 1.0)
 
     def start_layer(self) -> int | None:
         """First decoder layer whose computation this condition can change (None: none)."""
@@ -53,6 +55,7 @@ class Condition:
         layers = [site.layer for site, _, _ in self.restores]
         if self.refs and self.alpha != 1.0:
             layers.append(first_layer(self.refs))
+        layers.extend(site.layer for site in self.pruned)
         return min(layers) if layers else None
 
     @contextmanager
@@ -68,7 +71,31 @@ class Condition:
             if self.refs and self.alpha != 1.0:
                 alpha = self.alpha
                 stack.enter_context(edited(self.refs, lambda w: w * alpha))
+            if self.pruned:
+                stack.enter_context(pruned_matrices(self.pruned))
             yield
+
+
+@contextmanager
+def pruned_matrices(sites: Sequence[DownProj]) -> Iterator[None]:
+    """Every weight of each site's matrix is 0 inside the block (an expert pruned); restored bit-exactly.
+
+    An expert of a fused MoE tensor has no module of its own to hook, and its down-projection has no
+    bias, so zeroing its matrix makes its output exactly 0 while routing is left as it was (Su et al.'s
+    pruning). Originals are cloned before the first write and copied back in ``finally``.
+    """
+    import torch
+
+    saved = [site.weight.detach().clone() for site in sites]
+    try:
+        with torch.no_grad():
+            for site in sites:
+                site.weight.zero_()
+        yield
+    finally:
+        with torch.no_grad():
+            for site, original in reversed(list(zip(sites, saved, strict=True))):
+                site.weight.copy_(original)
 
 
 @dataclass

@@ -49,6 +49,8 @@ PAGE_MODULES = {
     "verify": "superweight.report.guard",
     "fingerprint": "superweight.report.guard",
     "compare": "superweight.report.compare",
+    "atlas": "superweight.report.atlas",
+    "atlas-check": "superweight.report.atlas",
 }
 
 
