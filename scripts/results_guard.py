@@ -37,7 +37,8 @@ def main() -> int:
 
     from superweight import find_super_weights, load_model
     from superweight.guard.attacks import contrast_attacks, simulate_attacks
-    from superweight.guard.manifest import fingerprint, load_manifest, save_manifest
+    from superweight.guard.fingerprint import fingerprint
+    from superweight.guard.manifest import load_manifest, save_manifest
     from superweight.guard.verify import verify_model
 
     lm = load_model(args.model)
@@ -66,8 +67,8 @@ def main() -> int:
     lines += [
         "| check | result |",
         "|---|---|",
-        f"| fingerprint of the GGUF file ({manifest['model']['num_bytes'] / 1e6:.0f} MB, "
-        f"{len(manifest['tensors'])} tensors, with scan results, canary) | {fp_s:.1f} s |",
+        f"| fingerprint of the GGUF file ({manifest.model.num_bytes / 1e6:.0f} MB, "
+        f"{len(manifest.tensors)} tensors, with scan results, canary) | {fp_s:.1f} s |",
         f"| `verify` of the clean file (every tensor hash) | {'pass' if full.ok else 'FAIL'}, hashing "
         f"{full.timings.get('hash_s', 0):.2f} s |",
         f"| `verify --fast` (super weight bytes and row only) | {'pass' if fast.ok else 'FAIL'}, "

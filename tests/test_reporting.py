@@ -202,7 +202,7 @@ def test_sentences_are_computed_from_the_numbers():
     )
 
 
-@pytest.mark.parametrize("command", ["quantize", "attack", "verify", "diff", "fingerprint"])
+@pytest.mark.parametrize("command", ["quantize"])
 def test_malformed_payloads_still_give_a_report(tmp_path, command):
     payload = {
         "command": command,

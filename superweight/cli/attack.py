@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from superweight.cli.options import Payload, add_model, add_output, emit, load_from
+from superweight.cli.options import add_model, add_output, emit, load_from
 
 EXAMPLES = """examples:
   superweight attack --kind bitflip --target sw --n 1 --bit exponent   the super weight's exponent MSB
@@ -54,18 +54,17 @@ def run(args: argparse.Namespace) -> int:
         attacks = [AttackSpec(args.kind, args.target, args.n, args.bit, args.alpha, args.seed)]
     lm = load_from(args)
     report = simulate_attacks(lm, attacks, max_tokens=args.max_tokens, seq_len=args.seq_len, data_dir=args.data_dir)
-    emit(args, "attack", Payload(report.to_dict()), render)
+    emit(args, "attack", report, render)
     return 0
 
 
-def render(r: dict[str, Any]) -> str:
+def render(r: Any) -> str:
     from superweight.report.tables import format_table
 
-    head = f"{r['model']}: clean perplexity {r['clean_perplexity']:.2f} "
-    head += f"on {r['eval_tokens']} WikiText-2 tokens\n"
+    head = f"{r.model}: clean perplexity {r.clean_perplexity:.2f} on {r.eval_tokens} WikiText-2 tokens\n"
     rows = []
-    for a in r["results"]:
-        caught = [k for k, v in a["caught"].items() if v]
-        rows.append([a["attack"], a["perplexity"], a["ratio"], "yes" if a["continuation_changed"] else "no",
-                     ", ".join(caught) or "NOTHING", "yes" if a["restored"] else "NO"])  # fmt: skip
+    for a in r.results:
+        caught = [k for k, v in a.caught.items() if v]
+        rows.append([a.attack, a.perplexity, a.ratio, "yes" if a.continuation_changed else "no",
+                     ", ".join(caught) or "NOTHING", "yes" if a.restored else "NO"])  # fmt: skip
     return head + format_table(["attack", "perplexity", "x clean", "output changed", "caught by", "restored"], rows)

@@ -28,6 +28,11 @@ FLAGS = {
     "sources": "--data",
     "budget_bytes": "--budget",
     "probe_text": "--probe-text",
+    "manifest": "--manifest",
+    "keygen": "--keygen",
+    "sign": "--sign",
+    "pubkey": "--pubkey",
+    "trusted": "--trusted",
 }
 
 
@@ -65,6 +70,15 @@ def add_load(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="glob over module names for an unsupported architecture, e.g. 'model.layers.*.mlp.down_proj'",
     )
+
+
+def add_device(parser: argparse.ArgumentParser) -> None:
+    """Only ``--dtype`` and ``--device``: for commands that load a model they never scan or patch."""
+    from superweight.model.loading import DEVICES
+
+    g = parser.add_argument_group("loading")
+    g.add_argument("--dtype", default="float32", choices=MODEL_DTYPES)
+    g.add_argument("--device", default="cpu", choices=DEVICES)
 
 
 def add_output(parser: argparse.ArgumentParser) -> None:
