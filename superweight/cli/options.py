@@ -125,6 +125,31 @@ def add_eval(parser: argparse.ArgumentParser, **defaults: Any) -> None:
     g.add_argument("--no-reuse", action="store_true", help="full passes for every condition (no hidden-state reuse)")
 
 
+def add_perplexity(parser: argparse.ArgumentParser, **defaults: Any) -> None:
+    """Only the perplexity part of the evaluation settings (no zero-shot tasks): for a before/after check."""
+    from superweight.measure.corpus import SPLITS
+    from superweight.measure.settings import EvalSettings
+
+    base = {f.name: f.default for f in fields(EvalSettings)}
+    base.update(defaults)
+    g = parser.add_argument_group("evaluation")
+    g.add_argument("--data-dir", metavar="DIR", default=None, help="local data sets (default: $SUPERWEIGHT_DATA)")
+    g.add_argument("--data", metavar="SOURCE", default=base["sources"][0],
+                   help=f"perplexity source: wikitext2, c4 or a text file (default {base['sources'][0]})")  # fmt: skip
+    g.add_argument("--split", default=base["split"], choices=SPLITS)
+    g.add_argument("--seq-len", type=int, default=base["seq_len"], help=f"window length (default {base['seq_len']})")
+    g.add_argument("--max-tokens", type=int, default=base["max_tokens"], metavar="N",
+                   help=f"use only the first N tokens (default: {base['max_tokens'] or 'all'})")  # fmt: skip
+
+
+def perplexity_settings_from(args: argparse.Namespace) -> EvalSettings:
+    """The settings of :func:`add_perplexity`'s options (data checked when the verb evaluates)."""
+    from superweight.measure.settings import EvalSettings
+
+    return EvalSettings(sources=(args.data,), data_dir=args.data_dir, max_tokens=args.max_tokens,
+                        seq_len=args.seq_len, split=args.split)  # fmt: skip
+
+
 def add_measuring(parser: argparse.ArgumentParser) -> None:
     """Everything a command that evaluates a model around its super weights takes (ablate, scale, ...)."""
     add_model(parser)

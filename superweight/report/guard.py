@@ -1,7 +1,7 @@
-"""The guard pages: attack (damage and which check caught it), diff, verify, fingerprint.
+"""The guard pages: attack (damage and which check caught it), diff, verify, fingerprint, repair.
 
 Each page reads its typed result (``AttackReport``, ``DiffReport``, ``VerifyReport``,
-``FingerprintResult``) once; every sentence and figure reads one field per value.
+``FingerprintResult``, ``RepairResult``) once; every sentence and figure reads one field per value.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from superweight.guard.attacks import AttackReport, AttackResult
 from superweight.guard.diff import DiffReport
 from superweight.guard.fingerprint import FingerprintResult
+from superweight.guard.repair import RepairResult
 from superweight.guard.verify import VerifyReport
 from superweight.report.explain import fmt_value
 from superweight.report.explain import g as _g
@@ -113,6 +114,14 @@ def _fingerprint_summary(r: FingerprintResult) -> list[str]:
             f"{len(m.super_weights)} super weight(s), signed: {r.signed}."]  # fmt: skip
 
 
+def _repair_summary(r: RepairResult) -> list[str]:
+    out = [f"{r.model} repaired into {r.out}: {len(r.restored)} super weight(s) and "
+           f"{len(r.tensors_restored)} tensor(s) restored; bit-exact to the manifest: {r.verified}."]  # fmt: skip
+    if r.perplexity_before is not None and r.perplexity_after is not None:
+        out.append(f"Perplexity {_g(r.perplexity_before, 4)} before the repair, {_g(r.perplexity_after, 4)} after.")
+    return out + [f"Still differs: {name}." for name in r.unrepaired] + list(r.notes)
+
+
 def _fixed(text: str):
     return lambda _result: text
 
@@ -140,6 +149,7 @@ PAGES = {
         heading=lambda r: f"{r.model_a} vs {r.model_b}",
         figures=(FigureSpec("diff_changes", "Largest changes", diff_changes, _fixed(DIFF_CAPTION)),),
     ),
+    "repair": Page("repair", read=RepairResult.from_dict, summary=_repair_summary, heading=lambda r: r.model),
     "verify": Page("verify", read=VerifyReport.from_dict, summary=_verify_summary, heading=lambda r: r.model),
     "fingerprint": Page(
         "fingerprint", read=FingerprintResult.from_dict, summary=_fingerprint_summary, heading=fingerprint_heading

@@ -48,6 +48,7 @@ PAGE_MODULES = {
     "diff": "superweight.report.guard",
     "verify": "superweight.report.guard",
     "fingerprint": "superweight.report.guard",
+    "repair": "superweight.report.guard",
     "compare": "superweight.report.compare",
 }
 
