@@ -124,3 +124,19 @@ def test_file_level_signing_misses_what_tensor_checks_catch(model, keys, tmp_pat
     report = verify_model(str(model), manifest)  # ...we say which tensor, element and bit
     assert report.changed[0].name == span.name and report.changed[0].location["index"] == [0, 9]
     assert report.changed[0].location["bit"] == 30
+
+
+def test_from_the_command_line(model, keys, tmp_path):
+    from conftest import assert_one_line_error, cli
+
+    private, public = keys
+    manifest = tmp_path / "m.json"
+    proc = cli("fingerprint", str(model), "--no-scan", "-o", str(manifest), "--model-signing", str(private), "-q")
+    assert proc.returncode == 0, proc.stderr
+    verifying.Config().use_elliptic_key_verifier(public_key=public).verify(model, model / "model.sig")
+    args = ["verify", str(model), str(manifest), "--model-signature", str(model / "model.sig")]
+    proc = cli(*args, "--model-signing-pubkey", str(public))
+    assert proc.returncode == 0 and "valid for every file" in proc.stderr, proc.stderr
+    assert_one_line_error(cli(*args), "give both or neither")
+    (model / "config.json").write_text((model / "config.json").read_text() + " ")
+    assert_one_line_error(cli(*args, "--model-signing-pubkey", str(public)), "does not match")

@@ -13,7 +13,9 @@ EXAMPLES = """examples:
   superweight fingerprint ./my-model -o m.json --no-scan      hashes only (no model load)
   superweight fingerprint --keygen keys/release               write keys/release (0600) and keys/release.pub
   superweight fingerprint ./my-model -o m.json --sign keys/release
+  superweight fingerprint ./my-model -o m.json --model-signing ec.key    also OpenSSF Model Signing (file level)
 then: superweight verify ./my-model m.json --pubkey keys/release.pub
+      superweight verify ./my-model m.json --model-signature ./my-model/model.sig --model-signing-pubkey ec.pub
 """
 
 
@@ -30,6 +32,9 @@ def register(sub: Any) -> None:
     add_output(p)
     p.add_argument("-o", "--output", type=Path, metavar="FILE", help="where to write the manifest (JSON)")
     p.add_argument("--sign", type=Path, metavar="KEY", help="sign with this Ed25519 private key (PEM or raw)")
+    p.add_argument("--model-signing", type=Path, metavar="EC_KEY", dest="ossf_key",
+                   help="also sign the model folder with OpenSSF Model Signing (ECDSA PEM key): writes "
+                   "MODEL/superweight.manifest.json and MODEL/model.sig, for model_signing's own verifier")  # fmt: skip
     p.add_argument("--keygen", type=Path, metavar="KEY", help="write a new key pair KEY and KEY.pub, then exit")
     p.add_argument("--no-scan", action="store_true", help="hashes only: no model load, no super weights")
     add_scan(p, "for the super weights, instead of scanning")
@@ -57,6 +62,11 @@ def run(args: argparse.Namespace) -> int:
         raise SuperweightError(f"unknown hash {args.hash!r}; use sha256, sha512, blake2b, ...", option="hash")
     if args.sign is not None:
         load_private_key(args.sign)  # fail on a bad key before minutes of work
+    if args.ossf_key is not None:
+        from superweight.model.spec import resolve_spec
+
+        if resolve_spec(args.model).kind != "folder":
+            raise SuperweightError("OpenSSF Model Signing signs a model folder; give a folder", option="ossf_key")
     scan_result = None
     if args.scan is not None:
         from superweight.detect.result import read_scan
@@ -76,6 +86,11 @@ def run(args: argparse.Namespace) -> int:
         manifest = sign_manifest(manifest, args.sign)
     save_manifest(manifest, args.output)
     print(f"wrote {args.output}{' (signed)' if args.sign else ''}", file=sys.stderr)
+    if args.ossf_key is not None:
+        from superweight.guard.signing import sign_model
+
+        sig = sign_model(manifest.model.spec, args.ossf_key, manifest=manifest)
+        print(f"signed the folder with OpenSSF Model Signing: {sig}", file=sys.stderr)
     emit(args, "fingerprint", FingerprintResult(str(args.output), manifest), render)
     return 0
 

@@ -33,6 +33,8 @@ FLAGS = {
     "sign": "--sign",
     "pubkey": "--pubkey",
     "trusted": "--trusted",
+    "ossf_key": "--model-signing",
+    "ossf_signature": "--model-signature",
 }
 
 

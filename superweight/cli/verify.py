@@ -13,6 +13,7 @@ EXAMPLES = """examples:
   superweight verify ./my-model m.json --fast              only the super weights' bytes (microseconds)
   superweight verify ./my-model-bf16 m.json --canary       a converted copy: checked by behaviour
   superweight verify ./my-model m.json --pubkey keys/release.pub
+  superweight verify ./my-model m.json --model-signature ./my-model/model.sig --model-signing-pubkey ec.pub
 exit codes: 0 all checks pass, 1 something changed, 2 bad input (manifest, key, model)
 """
 
@@ -33,14 +34,30 @@ def register(sub: Any) -> None:
     p.add_argument("--fast", action="store_true", help="check only the super weights (no full hash)")
     p.add_argument("--canary", action="store_true", help="also run the behavioural canary (loads the model)")
     p.add_argument("--pubkey", type=Path, metavar="KEY", help="require a valid Ed25519 signature by this key")
+    p.add_argument("--model-signature", type=Path, metavar="SIG", dest="ossf_signature",
+                   help="first check this OpenSSF Model Signing signature of the folder (file level)")  # fmt: skip
+    p.add_argument("--model-signing-pubkey", type=Path, metavar="EC_PUB", dest="ossf_pubkey",
+                   help="the ECDSA public key (PEM) for --model-signature")  # fmt: skip
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    import sys
+
+    from superweight.errors import SuperweightError
     from superweight.guard.manifest import load_manifest
     from superweight.guard.verify import verify_model
 
     manifest = load_manifest(args.manifest)
+    if (args.ossf_signature is None) != (args.ossf_pubkey is None):
+        raise SuperweightError("a model signature is checked with its public key: give both or neither",
+                               option="ossf_signature")  # fmt: skip
+    if args.ossf_signature is not None:
+        from superweight.guard.signing import verify_signed_model
+
+        model = args.model or manifest.model.spec
+        verify_signed_model(model, args.ossf_signature, args.ossf_pubkey, tensors=False)  # raises on a mismatch
+        print(f"OpenSSF Model Signing: {args.ossf_signature} valid for every file of {model}", file=sys.stderr)
     report = verify_model(
         args.model or manifest.model.spec,
         manifest,
