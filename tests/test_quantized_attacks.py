@@ -96,3 +96,42 @@ def test_packed_checkpoint_scale_and_offset_flips(tmp_path):
     assert result.rate("random", "hash") == 1.0
     assert sw[0].caught["canary"]
     assert all(r.restored for r in result.results) and digest(file) == before
+
+
+def test_attack_quantized_from_the_command_line(tmp_path, capsys):
+    import json
+
+    from tiny import PROMPTS
+
+    from superweight.cli.main import main
+    from superweight.detect.detection import find_super_weights
+    from superweight.detect.result import DetectionConfig
+    from superweight.io import write_json
+    from superweight.quant.checkpoint import save_checkpoint
+    from superweight.quant.methods import WeightSnapshot, apply_quantization, parse_method, select_linears
+    from superweight.quant.rtn import QuantConfig
+    from superweight.results import document
+
+    model, tok = planted()
+    scan = find_super_weights(model, tok, PROMPTS, DetectionConfig(min_loss_increase=0.02, probe_text=PROBE))
+    write_json(tmp_path / "scan.json", document("scan", scan))
+    with WeightSnapshot(select_linears(model)) as snap:
+        report = apply_quantization(snap, parse_method("naive"), QuantConfig(4, 32), keep=True)
+        save_checkpoint(tmp_path / "ckpt", loaded(model, tok), report)
+    args = ["attack", str(tmp_path / "ckpt"), "--quantized", "--scan", str(tmp_path / "scan.json"), "--n", "2"]
+    assert main([*args, "--json", "-q"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["command"] == "quantized-attack" and out["format"] == "packed" and len(out["results"]) == 6
+    assert [r["caught"]["super_weight"] for r in out["results"]] == [True, True, False, False, False, False]
+    from superweight.cli.attack import render_quantized
+    from superweight.guard.quantized_attacks import QuantAttackReport
+
+    text = render_quantized(QuantAttackReport.from_dict(out))
+    assert "super weight blocks caught: hash 100%, super_weight 100%" in text
+    (tmp_path / "plain").mkdir()
+    model.save_pretrained(tmp_path / "plain")
+    tok.save_pretrained(tmp_path / "plain")
+    capsys.readouterr()
+    assert main(["attack", str(tmp_path / "plain"), "--quantized", "--scan", str(tmp_path / "scan.json")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len([e for e in err if "error:" in e]) == 1

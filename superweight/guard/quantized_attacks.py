@@ -123,11 +123,14 @@ class GGUFBlocks:
         self.arch = self.mf.identity.get("architecture") or ""
         self.num_layers = num_layers
         self.spans = {s.name: s for s in self.mf.spans}
+        self._names: dict[str, str] = {}
 
     def span(self, param: str) -> TensorSpan:
         from superweight.model.files import gguf_tensor_name
 
-        span = self.spans.get(gguf_tensor_name(param, self.arch, self.num_layers))
+        if param not in self._names:  # gguf builds its whole name map per lookup: once per parameter
+            self._names[param] = gguf_tensor_name(param, self.arch, self.num_layers)
+        span = self.spans.get(self._names[param])
         if span is None or span.block is None or span.dtype not in GGUF_FIELDS:
             raise SuperweightError(f"{param} is not stored as a supported GGUF block type in {self.path}")
         return span
@@ -179,6 +182,7 @@ class PackedBlocks:
         self.path = path
         self.mf = resolve_model_files(str(path))
         self.spans = {s.name: s for s in self.mf.spans}
+        self._clean: dict[str, Any] | None = None
         with safe_open(str(path), framework="pt") as fh:
             self.layouts = json.loads((fh.metadata() or {}).get("layouts", "{}"))
         if not self.layouts:
@@ -218,10 +222,27 @@ class PackedBlocks:
         return span.name, span.path, span.offset + 2 * group
 
     def values(self, block: Block, path: Path) -> np.ndarray:
+        """The block as the file dequantizes now (codes read once; scale and offset read again each time)."""
+        from dataclasses import replace
+
+        import torch
+
         from superweight.quant.checkpoint import read_quantized
         from superweight.quant.rtn import dequantize
 
-        codes, meta = read_quantized(path)[self._layout(block.param)[0]]
+        if self._clean is None:
+            self._clean = read_quantized(path)
+        base = self._layout(block.param)[0]
+        codes, meta = self._clean[base]
+
+        def now(field: str, like: torch.Tensor | None) -> torch.Tensor | None:
+            span = self.spans.get(f"{base}.{field}")
+            if like is None or span is None:
+                return like
+            raw = np.frombuffer(_read(path, span.offset, span.nbytes), dtype="<f2").copy()
+            return torch.from_numpy(raw).reshape(like.shape)
+
+        meta = replace(meta, scale=now("scale", meta.scale), offset=now("offset", meta.offset))
         return dequantize(codes, meta)[block.row, block.start : block.stop].float().numpy()
 
     def super_weight_ranges(self, block: Block, col: int) -> list[tuple[Path, int, int]]:

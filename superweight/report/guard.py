@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from superweight.guard.attacks import AttackReport, AttackResult
 from superweight.guard.diff import DiffReport
 from superweight.guard.fingerprint import FingerprintResult
+from superweight.guard.quantized_attacks import QuantAttackReport
 from superweight.guard.repair import RepairResult
 from superweight.guard.verify import VerifyReport
 from superweight.report.explain import fmt_value
@@ -122,6 +123,14 @@ def _repair_summary(r: RepairResult) -> list[str]:
     return out + [f"Still differs: {name}." for name in r.unrepaired] + list(r.notes)
 
 
+def _quantized_summary(r: QuantAttackReport) -> list[str]:
+    out = [f"Bit flips in the block scales and zero points of {r.model} ({r.format}, {r.dtype})."]
+    for target in ("super weight", "random"):
+        rates = ", ".join(f"{c} {r.rate(target, c):.0%}" for c in ("hash", "super_weight", "canary"))
+        out.append(f"Attacks on {target} blocks caught: {rates}.")
+    return out
+
+
 def _fixed(text: str):
     return lambda _result: text
 
@@ -148,6 +157,9 @@ PAGES = {
         summary=_diff_summary,
         heading=lambda r: f"{r.model_a} vs {r.model_b}",
         figures=(FigureSpec("diff_changes", "Largest changes", diff_changes, _fixed(DIFF_CAPTION)),),
+    ),
+    "quantized-attack": Page(
+        "quantized-attack", read=QuantAttackReport.from_dict, summary=_quantized_summary, heading=lambda r: r.model
     ),
     "repair": Page("repair", read=RepairResult.from_dict, summary=_repair_summary, heading=lambda r: r.model),
     "verify": Page("verify", read=VerifyReport.from_dict, summary=_verify_summary, heading=lambda r: r.model),
