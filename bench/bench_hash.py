@@ -42,19 +42,22 @@ def default_models() -> list[str]:
     return models
 
 
-def fast_entries(mf) -> list[dict]:
-    """Super-weight-like entries (the largest |w| of the first down-projection), as a manifest holds them."""
+def fast_manifest(mf):
+    """A manifest holding one super-weight-like entry: the largest |w| of the first down-projection."""
     import numpy as np
 
     from superweight.guard.diff import read_tensor
-    from superweight.guard.manifest import read_element
+    from superweight.guard.fingerprint import build_manifest, read_element
+    from superweight.guard.manifest import SuperWeightEntry
 
     span = next(s for s in mf.spans if "down" in s.name)
     w = read_tensor(span)
     idx = tuple(int(i) for i in np.unravel_index(int(np.abs(w).argmax()), w.shape))
     e = read_element(span, idx)
-    return [{**e, "layer": 0, "module": span.name, "row": idx[0], "col": idx[-1], "index": list(idx),
-             "value": e["file_value"], "memory_bits": e["bits"]}]  # fmt: skip
+    entry = SuperWeightEntry(layer=0, module=span.name, row=idx[0], col=idx[-1], expert=None, param=span.name,
+                             index=list(idx), value=e["file_value"], memory_dtype=e["dtype"], memory_bits=e["bits"],
+                             **e)  # fmt: skip
+    return build_manifest(spec=mf.spec, records=[], mf=mf, super_weights=[entry])
 
 
 def main() -> None:
@@ -85,7 +88,7 @@ def main() -> None:
         for label, kw in variants:
             t = best(lambda mf=mf, kw=kw: hash_files(mf, progress=False, **kw), args.repeat)
             print(f"{'':<34} {'':>7} {label:<38} {size / t / 1e9:6.2f} {base / t:9.2f}")
-        manifest = {"super_weights": fast_entries(mf)}
+        manifest = fast_manifest(mf)
         files = {p.name: p for p in mf.files}
         t = best(lambda m=manifest, f=files: check_super_weight_bytes(m, f), max(args.repeat, 20))
         print(f"{'':<34} {'':>7} {'fast path: 1 super weight + its row':<38} {t * 1e6:5.0f} µs  "

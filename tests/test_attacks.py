@@ -14,6 +14,10 @@ from superweight.guard.attacks import AttackSpec, attacked, select_targets, simu
 from superweight.guard.hashing import hash_memory
 
 
+def key(ref):
+    return (ref.site.name, ref.row, ref.col)
+
+
 @pytest.fixture(scope="module")
 def tiny():
     model = tiny_model("LlamaForCausalLM")
@@ -42,13 +46,12 @@ def test_attacks_change_what_they_say_and_restore_bit_exactly(tiny, spec):
     lm, scan = tiny
     before = {r.name: r.sha256 for r in hash_memory(lm.model)}
     targets = select_targets(lm, spec, scan)
-    assert len(targets) == spec.n and len(set(targets)) == spec.n
-    params = dict(lm.model.named_parameters())
-    old = [float(params[t.param].data.view(-1)[t.flat]) for t in targets]
-    with attacked(lm, targets, spec):
-        new = [float(params[t.param].data.view(-1)[t.flat]) for t in targets]
+    assert len(targets) == spec.n and len({key(t) for t in targets}) == spec.n
+    old = [float(t.get()) for t in targets]
+    with attacked(targets, spec):
+        new = [float(t.get()) for t in targets]
         changed = {r.name for r in hash_memory(lm.model) if r.sha256 != before[r.name]}
-    assert changed == {t.param for t in targets if new[targets.index(t)] != old[targets.index(t)]}
+    assert changed == {t.site.param_name for t, n, o in zip(targets, new, old, strict=True) if n != o}
     if (spec.kind == "bitflip" and spec.bit == "sign") or spec.kind == "sign":
         assert new == [-v for v in old]
     if spec.kind == "bitflip" and spec.bit == "exponent":
@@ -60,18 +63,27 @@ def test_attacks_change_what_they_say_and_restore_bit_exactly(tiny, spec):
 
 def test_targets_avoid_super_weights_and_are_largest(tiny):
     lm, scan = tiny
-    sw = select_targets(lm, AttackSpec("zero", "sw"), scan)[0]
+    sw = key(select_targets(lm, AttackSpec("zero", "sw"), scan)[0])
     top = select_targets(lm, AttackSpec("zero", "topk", 20), scan)
     rand = select_targets(lm, AttackSpec("zero", "random", 500, seed=3), scan)
-    assert sw not in top and sw not in rand
-    params = dict(lm.model.named_parameters())
-    mags = [abs(float(params[t.param].data.view(-1)[t.flat])) for t in top]
+    assert sw not in {key(t) for t in top} and sw not in {key(t) for t in rand}
+    mags = [abs(float(t.get())) for t in top]
     assert mags == sorted(mags, reverse=True)
-    assert select_targets(lm, AttackSpec("zero", "random", 500, seed=3), scan) == rand  # seeded
+    again = select_targets(lm, AttackSpec("zero", "random", 500, seed=3), scan)
+    assert [key(t) for t in again] == [key(t) for t in rand]  # seeded
+
+
+def test_asking_for_more_weights_than_there_are_is_an_error_not_a_hang(tiny):
+    lm, scan = tiny
+    total = sum(p.numel() for n, p in lm.model.named_parameters() if n.startswith("model.layers.") and p.dim() == 2)
+    for target in ("random", "topk"):
+        with pytest.raises(SuperweightError, match="more than the") as exc:
+            select_targets(lm, AttackSpec("zero", target, total), scan)
+        assert exc.value.option == "n"
 
 
 def test_bad_specs():
-    with pytest.raises(SuperweightError, match="unknown attack kind"):
+    with pytest.raises(SuperweightError, match="unknown kind"):
         AttackSpec("melt", "sw")
     with pytest.raises(SuperweightError, match="at least 1"):
         AttackSpec("zero", "sw", 0)

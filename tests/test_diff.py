@@ -7,10 +7,12 @@ import pytest
 import torch
 
 from superweight.guard.diff import diff_checkpoints
+from superweight.guard.manifest import SuperWeightEntry
 from superweight.model.files import gguf_tensor_name
 
-SW = {"layer": 1, "module": "model.layers.1.mlp.down_proj", "row": 5, "col": 7,
-      "param": "model.layers.1.mlp.down_proj.weight", "index": [5, 7], "value": 40.0}  # fmt: skip
+SW = SuperWeightEntry(layer=1, module="model.layers.1.mlp.down_proj", row=5, col=7, expert=None,
+                      param="model.layers.1.mlp.down_proj.weight", index=[5, 7], value=40.0,
+                      memory_dtype="float32", memory_bits="00002042")  # fmt: skip
 
 
 def tiny_llama():

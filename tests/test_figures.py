@@ -222,18 +222,17 @@ def test_w8a8_rows_get_their_own_figure():
 
 
 def test_attack_bars_are_coloured_by_the_checks_that_caught_them():
-    payload = {
-        "model": "m",
-        "clean_perplexity": 24.0,
-        "results": [
-            {"attack": "flip exponent bit of 1 sw weight", "ratio": 900.0,
-             "caught": {"hash": True, "fast": True, "canary": True}},
-            {"attack": "flip mantissa bit of 1000 random weights", "ratio": 1.01,
-             "caught": {"hash": True, "fast": False, "canary": False}},
-            {"attack": "zero 1 random weight", "ratio": 1.0,
-             "caught": {"hash": False, "fast": False, "canary": False}},
-        ],
-    }  # fmt: skip
+    from superweight.guard.attacks import AttackReport, AttackResult, AttackSpec
+
+    def row(attack, ratio, caught):
+        spec = AttackSpec("zero", "sw")
+        return AttackResult(attack, spec, 1, 24.0 * ratio, ratio, [], False, caught, True, 0.0)
+
+    payload = AttackReport("m", 512, 24.0, [], [], [
+        row("flip exponent bit of 1 sw weight", 900.0, {"hash": True, "fast": True, "canary": True}),
+        row("flip mantissa bit of 1000 random weights", 1.01, {"hash": True, "fast": False, "canary": False}),
+        row("zero 1 random weight", 1.0, {"hash": False, "fast": False, "canary": False}),
+    ])  # fmt: skip
     fig = attack_damage(payload)
     ax = fig.axes[0]
     bars = ax.patches
@@ -257,7 +256,9 @@ def test_missing_or_malformed_data_skips_with_a_reason(command, payload):
         assert drawn.skipped and len(drawn.skipped.splitlines()) == 1
 
 
-@pytest.mark.parametrize("command", ["scan", "ablate", "scale", "quantize", "compare"])
+@pytest.mark.parametrize(
+    "command", ["scan", "ablate", "scale", "quantize", "compare", "attack", "diff", "verify", "fingerprint"]
+)
 @pytest.mark.parametrize("doc", [{}, {"layers": "nonsense", "super_weights": 3}, {"conditions": [{"name": "x"}]}])
 def test_a_malformed_typed_result_is_one_clear_error(command, doc):
     from superweight.errors import ResultFileError

@@ -117,3 +117,40 @@ def test_diff_command(work, tmp_path, capsys):
     assert [t["name"] for t in changed] == ["model.norm.weight"] and changed[0]["changed"] == 1
     assert main(["diff", str(model), str(tmp_path / "nowhere")]) == 2
     one_error_line(capsys, "no such model")
+
+
+def test_verify_and_attack_take_only_the_options_they_use(work, capsys):
+    model, manifest = work
+    for args, unused in [
+        (["verify", str(model), str(manifest), "--down-proj", "model.layers.*.mlp.down_proj"], "--down-proj"),
+        (["verify", str(model), str(manifest), "--allow-pickle"], "--allow-pickle"),
+        (["fingerprint", str(model), "--scan-json", "x.json", "-o", "y.json"], "--scan-json"),
+    ]:
+        with pytest.raises(SystemExit) as exc:
+            main(args)
+        assert exc.value.code == 2
+        one_error_line(capsys, f"unrecognized arguments: {unused}")
+
+
+def test_a_manifest_of_another_model_or_a_newer_tool_is_one_line_and_writes_nothing(work, tmp_path, capsys):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    model, manifest = work
+    other = tmp_path / "other"
+    cfg = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, vocab_size=256)  # fmt: skip
+    LlamaForCausalLM(cfg).save_pretrained(other)
+    capsys.readouterr()
+    out = tmp_path / "run"
+    for command in (
+        ["verify", str(other), str(manifest)],
+        ["diff", str(other), str(model), "--manifest", str(manifest)],
+    ):
+        assert main([*command, "--out", str(out)]) == 2
+        one_error_line(capsys, "another model")
+        assert not out.exists()
+    newer = tmp_path / "newer.json"
+    newer.write_text(json.dumps({**json.loads(manifest.read_text()), "schema_version": 2}))
+    assert main(["verify", str(model), str(newer), "--out", str(out)]) == 2
+    one_error_line(capsys, "schema version 2", "upgrade superweight")
+    assert not out.exists()

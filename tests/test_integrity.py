@@ -13,13 +13,13 @@ import pytest
 import torch
 
 from superweight.errors import ManifestError
+from superweight.guard.fingerprint import build_manifest
 from superweight.guard.hashing import count_nonfinite, hash_files, hash_memory
+from superweight.guard.keys import SignatureError, generate_keypair
 from superweight.guard.manifest import (
-    SignatureError,
-    build_manifest,
+    Manifest,
     check_signature,
     content_digest,
-    generate_keypair,
     load_manifest,
     save_manifest,
     sign_manifest,
@@ -37,7 +37,7 @@ def tiny_llama(seed: int = 0, layers: int = 4, hidden: int = 64):
     return LlamaForCausalLM(cfg).eval()
 
 
-def manifest_of(path) -> dict:
+def manifest_of(path) -> Manifest:
     mf = resolve_model_files(str(path))
     records, files = hash_files(mf, progress=False)
     return build_manifest(spec=str(path), records=records, files=files, mf=mf)
@@ -77,18 +77,18 @@ def test_clean_copy_verifies_and_resharding_is_not_a_change(tiny, tmp_path):
     report = verify_model(str(resharded), manifest)
     assert report.ok and report.checks["hash"] == "pass"
     assert any("re-sharded" in n for n in report.notes)
-    assert content_digest(manifest_of(resharded)["tensors"]) == manifest["model"]["content_digest"]
+    assert content_digest(manifest_of(resharded).tensors) == manifest.model.content_digest
 
 
 def test_memory_hashes_equal_file_hashes(tiny):
     model, path = tiny
-    files = {t["name"]: t for t in manifest_of(path)["tensors"]}
+    files = {t.name: t for t in manifest_of(path).tensors}
     memory = {r.name: r for r in hash_memory(model)}
     shared = files.keys() & memory.keys()
     assert len(shared) >= len(files) - 1  # tied lm_head may be stored under either name
     for name in shared:
-        assert memory[name].sha256 == files[name]["sha256"]
-        assert memory[name].locator == files[name]["locator"]
+        assert memory[name].sha256 == files[name].sha256
+        assert memory[name].locator == files[name].locator
 
 
 def test_every_single_bit_flip_is_detected_and_located(tiny, tiny_copy):
@@ -177,7 +177,7 @@ def test_nonfinite_values_are_counted(tmp_path):
         model.model.layers[0].mlp.up_proj.weight[0, 0] = float("inf")
     model.save_pretrained(tmp_path / "m")
     manifest = manifest_of(tmp_path / "m")
-    assert manifest["nonfinite"] == {
+    assert manifest.nonfinite == {
         "model.layers.0.mlp.up_proj.weight": 1,
         "model.layers.2.mlp.down_proj.weight": 1,
     }
@@ -208,10 +208,10 @@ def test_manifest_schema_errors(tmp_path, tiny):
     with pytest.raises(ManifestError, match="not a superweight manifest"):
         load_manifest(path)
     good = manifest_of(tiny[1])
-    path.write_text(json.dumps({**good, "schema_version": 99}))
+    path.write_text(json.dumps({**good.to_dict(), "schema_version": 99}))
     with pytest.raises(ManifestError, match="schema version 99"):
         load_manifest(path)
-    broken = {**good, "tensors": [{"name": "x"}]}
+    broken = {**good.to_dict(), "tensors": [{"name": "x"}]}
     path.write_text(json.dumps(broken))
     with pytest.raises(ManifestError, match="malformed"):
         load_manifest(path)
@@ -234,8 +234,8 @@ def test_signing_round_trip_and_tampering(tiny, tmp_path):
     signed = load_manifest(tmp_path / "m.json")
     assert check_signature(signed, public) == "valid"
     assert check_signature(signed, None).startswith("not checked")
-    tampered = json.loads(json.dumps(signed))
-    tampered["tensors"][0]["sha256"] = "0" * 64
+    tampered = Manifest.from_dict(json.loads(json.dumps(signed.to_dict())))
+    tampered.tensors[0].sha256 = "0" * 64
     with pytest.raises(SignatureError, match="BAD SIGNATURE"):
         check_signature(tampered, public)
     _, other_public = generate_keypair(tmp_path / "other")
@@ -246,3 +246,17 @@ def test_signing_round_trip_and_tampering(tiny, tmp_path):
     (tmp_path / "junk.pem").write_text("junk")
     with pytest.raises(SignatureError, match="not an Ed25519"):
         sign_manifest(manifest, tmp_path / "junk.pem")
+
+
+def test_manifest_and_reports_round_trip_through_their_dicts(tiny, tiny_copy, tmp_path):
+    from superweight.guard.verify import VerifyReport
+    from superweight.io import from_json, to_json
+
+    manifest = manifest_of(tiny[1])
+    save_manifest(manifest, tmp_path / "m.json")
+    assert load_manifest(tmp_path / "m.json").to_dict() == json.loads(json.dumps(manifest.to_dict()))
+    span = resolve_model_files(str(tiny_copy)).span("model.layers.0.mlp.down_proj.weight")
+    flip_file_bit(span.path, span.offset + 11, 6)
+    report = verify_model(str(tiny_copy), manifest)
+    again = VerifyReport.from_dict(from_json(to_json(report.to_dict())))
+    assert again == report and not again.ok and again.changed[0].name == span.name

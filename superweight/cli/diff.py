@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from superweight.cli.options import Payload, add_output, emit
+from superweight.cli.options import add_output, emit
 
 EXAMPLES = """examples:
   superweight diff ./base ./finetuned --manifest base.manifest.json     super weights from A's manifest
@@ -40,23 +40,25 @@ def run(args: argparse.Namespace) -> int:
     super_weights = None
     if args.manifest is not None:
         from superweight.guard.manifest import load_manifest
+        from superweight.guard.verify import check_same_model
+        from superweight.model.files import resolve_model_files
 
-        super_weights = load_manifest(args.manifest)["super_weights"]
+        manifest = load_manifest(args.manifest)
+        check_same_model(manifest, resolve_model_files(args.model_a))  # another model's manifest: one clear line
+        super_weights = manifest.super_weights
     report = diff_checkpoints(args.model_a, args.model_b, super_weights=super_weights, activations=args.activations)
-    payload = report.to_dict()
-    payload["top"] = args.top
-    emit(args, "diff", Payload(payload), render)
+    emit(args, "diff", report, lambda r: render(r.to_dict(), args.top))
     return 0
 
 
-def render(r: dict[str, Any]) -> str:
+def render(r: dict[str, Any], top: int) -> str:
     from superweight.report.tables import format_table
 
     changed = [t for t in r["tensors"] if t["changed"] or t["rel_change"]]
     text = f"{r['model_a']} ({r['formats'][0]}) vs {r['model_b']} ({r['formats'][1]}): "
     text += f"{len(changed)} of {len(r['tensors'])} shared tensors differ"
     text += f"; only in A: {len(r['only_a'])}, only in B: {len(r['only_b'])}\n"
-    rows = [[t["name"], t["rel_change"], t["max_change"], t["changed"], t["numel"]] for t in changed[: r["top"]]]
+    rows = [[t["name"], t["rel_change"], t["max_change"], t["changed"], t["numel"]] for t in changed[:top]]
     if rows:
         text += format_table(
             ["tensor", "rel change", "max change", "changed", "entries"], rows, title="largest changes"

@@ -6,14 +6,16 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from superweight.cli.options import Payload, add_model, add_output, emit
+from superweight.cli.options import add_model, add_output, add_scan, emit
 
 EXAMPLES = """examples:
   superweight fingerprint -o smollm2.manifest.json            the default model: hashes, super weights, canary
   superweight fingerprint ./my-model -o m.json --no-scan      hashes only (no model load)
   superweight fingerprint --keygen keys/release               write keys/release (0600) and keys/release.pub
   superweight fingerprint ./my-model -o m.json --sign keys/release
+  superweight fingerprint ./my-model -o m.json --model-signing ec.key    also OpenSSF Model Signing (file level)
 then: superweight verify ./my-model m.json --pubkey keys/release.pub
+      superweight verify ./my-model m.json --model-signature ./my-model/model.sig --model-signing-pubkey ec.pub
 """
 
 
@@ -30,9 +32,12 @@ def register(sub: Any) -> None:
     add_output(p)
     p.add_argument("-o", "--output", type=Path, metavar="FILE", help="where to write the manifest (JSON)")
     p.add_argument("--sign", type=Path, metavar="KEY", help="sign with this Ed25519 private key (PEM or raw)")
+    p.add_argument("--model-signing", type=Path, metavar="EC_KEY", dest="ossf_key",
+                   help="also sign the model folder with OpenSSF Model Signing (ECDSA PEM key): writes "
+                   "MODEL/superweight.manifest.json and MODEL/model.sig, for model_signing's own verifier")  # fmt: skip
     p.add_argument("--keygen", type=Path, metavar="KEY", help="write a new key pair KEY and KEY.pub, then exit")
     p.add_argument("--no-scan", action="store_true", help="hashes only: no model load, no super weights")
-    p.add_argument("--scan-json", type=Path, metavar="FILE", help="take the super weights from a saved scan result")
+    add_scan(p, "for the super weights, instead of scanning")
     p.add_argument("--no-canary", action="store_true", help="skip the behavioural canary")
     p.add_argument("--hash", default="sha256", metavar="ALGO", help="hashlib algorithm (default sha256)")
     p.set_defaults(func=run)
@@ -40,11 +45,12 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import hashlib
-    import json
     import sys
 
     from superweight.errors import SuperweightError
-    from superweight.guard.manifest import _load_key, fingerprint, generate_keypair, save_manifest
+    from superweight.guard.fingerprint import FingerprintResult, fingerprint
+    from superweight.guard.keys import generate_keypair, load_private_key
+    from superweight.guard.manifest import save_manifest, sign_manifest
 
     if args.keygen is not None:
         private, public = generate_keypair(args.keygen)
@@ -53,17 +59,19 @@ def run(args: argparse.Namespace) -> int:
     if args.output is None:
         raise SuperweightError("say where to write the manifest: -o manifest.json")
     if args.hash not in hashlib.algorithms_available:
-        raise SuperweightError(f"unknown hash {args.hash!r}; use sha256, sha512, blake2b, ...")
+        raise SuperweightError(f"unknown hash {args.hash!r}; use sha256, sha512, blake2b, ...", option="hash")
     if args.sign is not None:
-        _load_key(args.sign, private=True)  # fail on a bad key before minutes of work
-    scan_result = None
-    if args.scan_json is not None:
-        from superweight.detect.result import ScanResult
+        load_private_key(args.sign)  # fail on a bad key before minutes of work
+    if args.ossf_key is not None:
+        from superweight.model.spec import resolve_spec
 
-        try:
-            scan_result = ScanResult.from_dict(json.loads(args.scan_json.read_text()))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise SuperweightError(f"cannot read the scan result {args.scan_json}: {exc}") from None
+        if resolve_spec(args.model).kind != "folder":
+            raise SuperweightError("OpenSSF Model Signing signs a model folder; give a folder", option="ossf_key")
+    scan_result = None
+    if args.scan is not None:
+        from superweight.detect.result import read_scan
+
+        scan_result = read_scan(args.scan)
     manifest = fingerprint(
         args.model,
         scan=not args.no_scan,
@@ -74,41 +82,35 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         down_proj=args.down_proj,
     )
-    if args.no_scan and scan_result is None:
-        manifest["notes"] = ["made with --no-scan: no super weights, no canary"]
-    save_manifest(manifest, args.output, key=args.sign)
+    if args.sign is not None:
+        manifest = sign_manifest(manifest, args.sign)
+    save_manifest(manifest, args.output)
     print(f"wrote {args.output}{' (signed)' if args.sign else ''}", file=sys.stderr)
-    summary = {
-        "manifest": str(args.output),
-        "model": manifest["model"],
-        "files": manifest["files"],
-        "num_tensors": len(manifest["tensors"]),
-        "nonfinite": manifest["nonfinite"],
-        "super_weights": manifest["super_weights"],
-        "canary": manifest["canary"],
-        "signed": args.sign is not None,
-    }
-    emit(args, "fingerprint", Payload(summary), render)
+    if args.ossf_key is not None:
+        from superweight.guard.signing import sign_model
+
+        sig = sign_model(manifest.model.spec, args.ossf_key, manifest=manifest)
+        print(f"signed the folder with OpenSSF Model Signing: {sig}", file=sys.stderr)
+    emit(args, "fingerprint", FingerprintResult(str(args.output), manifest), render)
     return 0
 
 
-def render(p: dict[str, Any]) -> str:
+def render(r: Any) -> str:
     from superweight.report.tables import format_table
 
-    m = p["model"]
+    m = r.manifest
     lines = [
-        f"{m['spec']}: {m['format']}, {p['num_tensors']} tensors, {m['num_bytes'] / 1e6:.1f} MB in "
-        f"{len(p['files'])} file(s); content digest {m['content_digest'][:16]}",
-        f"non-finite values: {sum(p['nonfinite'].values()) if p['nonfinite'] else 'none'}",
+        f"{m.model.spec}: {m.model.format}, {m.model.num_tensors} tensors, {m.model.num_bytes / 1e6:.1f} MB in "
+        f"{len(m.files)} file(s); content digest {m.model.content_digest[:16]}",
+        f"non-finite values: {sum(m.nonfinite.values()) if m.nonfinite else 'none'}",
     ]
     out = "\n".join(lines) + "\n"
-    if p["super_weights"]:
-        rows = [[e["layer"], e["row"], e["col"], e["value"], e.get("tensor", e["param"]), e.get("dtype"),
-                 e.get("bits", e["memory_bits"])] for e in p["super_weights"]]  # fmt: skip
+    if m.super_weights:
+        rows = [[e.layer, e.row, e.col, e.value, e.tensor or e.param, e.dtype or e.memory_dtype,
+                 e.bits or e.memory_bits] for e in m.super_weights]  # fmt: skip
         out += format_table(["layer", "row", "col", "value", "tensor", "dtype", "bits"], rows, title="super weights")
-    if p["canary"]:
-        c = p["canary"]
-        layers = len(c["layer_magnitudes"])
-        out += f"canary: {layers} layers, channel {c['channel']}, top token {c['top_ids'][0]}\n"
-    out += f"signed: {'yes' if p['signed'] else 'no'}\n"
+    if m.canary:
+        c = m.canary
+        out += f"canary: {len(c.layer_magnitudes)} layers, channel {c.channel}, top token {c.top_ids[0]}\n"
+    out += f"signed: {'yes' if r.signed else 'no'}\n"
     return out

@@ -24,6 +24,7 @@ COMMANDS = (
     "diff",
     "attack",
     "watch",
+    "repair",
     "atlas",
     "report",
 )

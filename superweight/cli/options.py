@@ -32,6 +32,13 @@ FLAGS = {
     "activation": "--act",
     "kl": "--no-kl",
     "checkpoint": "--load",
+    "manifest": "--manifest",
+    "keygen": "--keygen",
+    "sign": "--sign",
+    "pubkey": "--pubkey",
+    "trusted": "--trusted",
+    "ossf_key": "--model-signing",
+    "ossf_signature": "--model-signature",
 }
 
 
@@ -69,6 +76,15 @@ def add_load(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="glob over module names for an unsupported architecture, e.g. 'model.layers.*.mlp.down_proj'",
     )
+
+
+def add_device(parser: argparse.ArgumentParser) -> None:
+    """Only ``--dtype`` and ``--device``: for commands that load a model they never scan or patch."""
+    from superweight.model.loading import DEVICES
+
+    g = parser.add_argument_group("loading")
+    g.add_argument("--dtype", default="float32", choices=MODEL_DTYPES)
+    g.add_argument("--device", default="cpu", choices=DEVICES)
 
 
 def add_output(parser: argparse.ArgumentParser) -> None:
@@ -117,6 +133,31 @@ def add_eval(parser: argparse.ArgumentParser, *, conditions: bool = True, **defa
     if conditions:
         g.add_argument("--no-cache", action="store_true", help="recompute the original model's baseline")
         g.add_argument("--no-reuse", action="store_true", help="full passes for every condition (no reuse)")
+
+
+def add_perplexity(parser: argparse.ArgumentParser, **defaults: Any) -> None:
+    """Only the perplexity part of the evaluation settings (no zero-shot tasks): for a before/after check."""
+    from superweight.measure.corpus import SPLITS
+    from superweight.measure.settings import EvalSettings
+
+    base = {f.name: f.default for f in fields(EvalSettings)}
+    base.update(defaults)
+    g = parser.add_argument_group("evaluation")
+    g.add_argument("--data-dir", metavar="DIR", default=None, help="local data sets (default: $SUPERWEIGHT_DATA)")
+    g.add_argument("--data", metavar="SOURCE", default=base["sources"][0],
+                   help=f"perplexity source: wikitext2, c4 or a text file (default {base['sources'][0]})")  # fmt: skip
+    g.add_argument("--split", default=base["split"], choices=SPLITS)
+    g.add_argument("--seq-len", type=int, default=base["seq_len"], help=f"window length (default {base['seq_len']})")
+    g.add_argument("--max-tokens", type=int, default=base["max_tokens"], metavar="N",
+                   help=f"use only the first N tokens (default: {base['max_tokens'] or 'all'})")  # fmt: skip
+
+
+def perplexity_settings_from(args: argparse.Namespace) -> EvalSettings:
+    """The settings of :func:`add_perplexity`'s options (data checked when the verb evaluates)."""
+    from superweight.measure.settings import EvalSettings
+
+    return EvalSettings(sources=(args.data,), data_dir=args.data_dir, max_tokens=args.max_tokens,
+                        seq_len=args.seq_len, split=args.split)  # fmt: skip
 
 
 def add_measuring(parser: argparse.ArgumentParser) -> None:

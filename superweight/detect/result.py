@@ -178,6 +178,7 @@ class ScanResult:
     def _weight_dict(self, weight: SuperWeight) -> dict[str, Any]:
         ev = self.evidence_for(weight)
         return {**asdict(weight), **(asdict(ev) if ev is not None else {})}
+
     # --- super experts (MoE models, detect/experts.py) and the atlas's word on this model (detect/atlas.py)
     super_experts: list[SuperExpert] = field(default_factory=list)
     atlas: AtlasAgreement | None = None

@@ -11,17 +11,18 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from superweight.errors import SuperweightError
+from superweight.guard.manifest import SuperWeightEntry
 
 if TYPE_CHECKING:
     import torch
 
     from superweight.detect.result import ScanResult
+    from superweight.guard.manifest import Manifest
+    from superweight.model.interventions import WeightRef
     from superweight.model.loading import LoadedModel
 
 KINDS = ("zero", "sign", "bitflip", "scale")
@@ -44,13 +45,13 @@ class AttackSpec:
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
-            raise SuperweightError(f"unknown attack kind {self.kind!r}; choose one of {', '.join(KINDS)}")
+            raise SuperweightError(f"unknown kind {self.kind!r}; choose one of {', '.join(KINDS)}", option="kind")
         if self.target not in TARGETS:
-            raise SuperweightError(f"unknown target {self.target!r}; choose one of {', '.join(TARGETS)}")
+            raise SuperweightError(f"unknown {self.target!r}; choose one of {', '.join(TARGETS)}", option="target")
         if self.bit not in BITS:
-            raise SuperweightError(f"unknown bit {self.bit!r}; choose one of {', '.join(BITS)}")
+            raise SuperweightError(f"unknown bit {self.bit!r}; choose one of {', '.join(BITS)}", option="bit")
         if self.n < 1:
-            raise SuperweightError(f"--n must be at least 1 (got {self.n})")
+            raise SuperweightError(f"must be at least 1 (got {self.n})", option="n")
 
     @property
     def label(self) -> str:
@@ -58,16 +59,10 @@ class AttackSpec:
         return f"{what} of {self.n} {self.target} weight{'s' if self.n > 1 else ''}"
 
 
-@dataclass(frozen=True)
-class Target:
-    param: str  # raw parameter name
-    flat: int  # element index in the flattened parameter
-
-
 @dataclass
 class AttackResult:
     attack: str
-    spec: dict[str, Any]
+    spec: AttackSpec
     n_changed: int
     perplexity: float
     ratio: float  # perplexity / clean perplexity
@@ -84,61 +79,46 @@ class AttackReport:
     eval_tokens: int
     clean_perplexity: float
     clean_continuations: list[str]
-    super_weights: list[dict[str, Any]]
+    super_weights: list[SuperWeightEntry]
     results: list[AttackResult] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        out["super_weights"] = [e.to_dict() for e in self.super_weights]
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AttackReport:
+        from superweight.results import build
+
+        report = build(cls, data)
+        report.super_weights = [SuperWeightEntry.from_dict(e) for e in data["super_weights"]]
+        report.results = [build(AttackResult, r) for r in data["results"]]
+        for r in report.results:
+            r.spec = build(AttackSpec, r.spec) if isinstance(r.spec, dict) else r.spec
+        return report
 
 
 # ------------------------------------------------------------------------------------------ targets
 
 
-def _sw_targets(lm: LoadedModel, scan: ScanResult) -> list[Target]:
-    import numpy as np
+def select_targets(lm: LoadedModel, spec: AttackSpec, scan: ScanResult) -> list[WeightRef]:
+    """The weights an attack changes: super weights, the largest other weights, or random ones
+    (any decoder Linear; the interventions' selectors, which refuse more than there are)."""
+    from superweight.model.interventions import random_k_refs, refs_for, top_k_refs
 
-    from superweight.model.architectures import down_projections, find_down_proj
-
-    sites = down_projections(lm.model)
-    out = []
-    for sw in scan.super_weights:
-        site = find_down_proj(sites, sw.module)
-        idx = site.raw_index(sw.row, sw.col)
-        out.append(Target(site.param_name, int(np.ravel_multi_index(idx, tuple(site.parameter.shape)))))
-    return out
-
-
-def select_targets(lm: LoadedModel, spec: AttackSpec, scan: ScanResult) -> list[Target]:
-    """The elements an attack changes: super weights, the largest other weights, or random ones."""
-    import torch
-
-    from superweight.model.architectures import linear_layers
-
-    protected = set(_sw_targets(lm, scan))
+    protected = refs_for(lm.model, scan.super_weights)
     if spec.target == "sw":
         if not protected:
-            raise SuperweightError("the scan found no super weight to attack; use --target topk or random")
-        return sorted(protected, key=lambda t: (t.param, t.flat))[: spec.n]
-    params = [(f"{name}.weight", m.weight) for name, m in linear_layers(lm.model)]
-    if spec.target == "topk":
-        cands: list[tuple[float, Target]] = []
-        for name, w in params:
-            k = min(spec.n + len(protected), w.numel())
-            values, idx = torch.topk(w.detach().abs().reshape(-1).float(), k)
-            cands += [(float(v), Target(name, int(i))) for v, i in zip(values, idx, strict=True)]
-        cands.sort(key=lambda c: -c[0])
-        return [t for _, t in cands if t not in protected][: spec.n]
-    sizes = torch.tensor([w.numel() for _, w in params])
-    ends = torch.cumsum(sizes, 0)
-    gen = torch.Generator().manual_seed(spec.seed)
-    chosen: dict[Target, None] = {}
-    while len(chosen) < spec.n:
-        for g in torch.randint(int(ends[-1]), (spec.n,), generator=gen).tolist():
-            i = int(torch.searchsorted(ends, g, right=True))
-            t = Target(params[i][0], g - int(ends[i] - sizes[i]))
-            if t not in protected:
-                chosen.setdefault(t)
-    return list(chosen)[: spec.n]
+            raise SuperweightError("the scan found no super weight to attack; target the largest or random weights",
+                                   option="target")  # fmt: skip
+        return protected[: spec.n]
+    try:
+        if spec.target == "topk":
+            return top_k_refs(lm.model, spec.n, exclude=protected, scope="all")
+        return random_k_refs(lm.model, spec.n, exclude=protected, scope="all", seed=spec.seed)
+    except SuperweightError as exc:
+        raise SuperweightError(exc.message, option="n") from None
 
 
 # ------------------------------------------------------------------------------------------ editing
@@ -146,7 +126,7 @@ def select_targets(lm: LoadedModel, spec: AttackSpec, scan: ScanResult) -> list[
 
 def _bit_index(dtype: str, bit: str, gen: Any) -> int:
     if dtype not in _LAYOUT:
-        raise SuperweightError(f"bit flips need a float32/bfloat16/float16 model, not {dtype}")
+        raise SuperweightError(f"bit flips need a float32/bfloat16/float16 model, not {dtype}", option="dtype")
     _, total, mantissa = _LAYOUT[dtype]
     if bit == "random":
         import torch
@@ -155,47 +135,41 @@ def _bit_index(dtype: str, bit: str, gen: Any) -> int:
     return {"sign": total - 1, "exponent": total - 2, "mantissa": mantissa - 1}[bit]
 
 
-@contextmanager
-def attacked(lm: LoadedModel, targets: list[Target], spec: AttackSpec) -> Iterator[list[Target]]:
-    """Apply ``spec`` to ``targets`` inside the block; restore every element bit-exactly on exit."""
+def flip_bit(value: torch.Tensor, bit: int) -> torch.Tensor:
+    """``value`` (a float scalar) with bit ``bit`` of its IEEE layout flipped."""
     import torch
 
-    params = dict(lm.model.named_parameters())
-    flats = [params[t.param].data.view(-1) for t in targets]
-    saved = [f[t.flat].clone() for f, t in zip(flats, targets, strict=True)]
+    dtype = str(value.dtype).removeprefix("torch.")
+    ints = value.clone().view(getattr(torch, _LAYOUT[dtype][0]))
+    nbits = _LAYOUT[dtype][1]
+    mask = (1 << bit) - (1 << nbits if bit == nbits - 1 else 0)  # as a signed integer
+    return (ints ^ mask).view(value.dtype)
+
+
+def attacked(refs: list[WeightRef], spec: AttackSpec):
+    """``with attacked(refs, spec):`` the attack is applied inside the block, undone bit-exactly on exit."""
+    import torch
+
+    from superweight.model.interventions import edited
+
     gen = torch.Generator().manual_seed(spec.seed + 1)
-    try:
-        with torch.no_grad():
-            for f, t in zip(flats, targets, strict=True):
-                if spec.kind == "zero":
-                    f[t.flat] = 0
-                elif spec.kind == "sign":
-                    f[t.flat] = -f[t.flat]
-                elif spec.kind == "scale":
-                    f[t.flat] = f[t.flat] * spec.alpha
-                else:
-                    dtype = str(f.dtype).removeprefix("torch.")
-                    b = _bit_index(dtype, spec.bit, gen)
-                    ints = f.view(getattr(torch, _LAYOUT[dtype][0]))
-                    nbits = _LAYOUT[dtype][1]
-                    mask = (1 << b) - (1 << nbits if b == nbits - 1 else 0)  # as a signed integer
-                    ints[t.flat] = ints[t.flat] ^ mask
-        yield targets
-    finally:
-        with torch.no_grad():
-            for f, t, v in reversed(list(zip(flats, targets, saved, strict=True))):
-                f[t.flat] = v
+
+    def edit(w: torch.Tensor) -> torch.Tensor:
+        if spec.kind == "zero":
+            return torch.zeros_like(w)
+        if spec.kind == "sign":
+            return -w
+        if spec.kind == "scale":
+            return w * spec.alpha
+        return flip_bit(w, _bit_index(str(w.dtype).removeprefix("torch."), spec.bit, gen))
+
+    return edited(refs, edit)
 
 
-def _restored(lm: LoadedModel, targets: list[Target], saved: list[torch.Tensor]) -> bool:
+def _bits(value: torch.Tensor) -> bytes:
     import torch
 
-    params = dict(lm.model.named_parameters())
-    for t, v in zip(targets, saved, strict=True):
-        now = params[t.param].data.view(-1)[t.flat]
-        if not torch.equal(now.view(-1).view(torch.uint8), v.view(-1).view(torch.uint8)):
-            return False
-    return True
+    return value.detach().reshape(1).view(torch.uint8).cpu().numpy().tobytes()
 
 
 # ------------------------------------------------------------------------------------------ damage
@@ -235,7 +209,7 @@ def simulate_attacks(
     attacks: list[AttackSpec],
     *,
     scan: ScanResult | None = None,
-    manifest: dict[str, Any] | None = None,
+    manifest: Manifest | None = None,
     max_tokens: int = 2048,
     seq_len: int = 512,
     new_tokens: int = 12,
@@ -249,7 +223,7 @@ def simulate_attacks(
         >>> lm = load_model("smollm2-135m")
         >>> report = simulate_attacks(lm, [AttackSpec("bitflip", "sw", 1, bit="exponent")])
     """
-    from superweight.guard.manifest import fingerprint_memory
+    from superweight.guard.fingerprint import fingerprint_memory
     from superweight.guard.verify import verify_memory
     from superweight.progress import log, step
 
@@ -264,21 +238,20 @@ def simulate_attacks(
     windows = _eval_ids(lm, max_tokens, seq_len, data_dir)
     clean = _perplexity(lm, windows)
     clean_text = [greedy(lm, p, new_tokens) for p in prompts]
-    report = AttackReport(lm.spec, int(windows.ids.numel()), clean, clean_text, manifest["super_weights"])
+    report = AttackReport(lm.spec, int(windows.ids.numel()), clean, clean_text, list(manifest.super_weights))
     for spec in attacks:
         start = time.perf_counter()
         targets = select_targets(lm, spec, scan)
-        params = dict(lm.model.named_parameters())
-        saved = [params[t.param].data.view(-1)[t.flat].clone() for t in targets]
+        saved = [_bits(ref.get()) for ref in targets]
         log(f"attack: {spec.label}")
-        with attacked(lm, targets, spec):
+        with attacked(targets, spec):
             ppl = _perplexity(lm, windows)
             texts = [greedy(lm, p, new_tokens) for p in prompts]
             verdict = verify_memory(lm, manifest, checks)
         caught = {k: v == "FAIL" for k, v in verdict.checks.items()}
         report.results.append(AttackResult(
-            spec.label, asdict(spec), len(targets), ppl, ppl / clean if clean else math.nan, texts,
-            texts != clean_text, caught, _restored(lm, targets, saved), time.perf_counter() - start,
+            spec.label, spec, len(targets), ppl, ppl / clean if clean else math.nan, texts,
+            texts != clean_text, caught, [_bits(r.get()) for r in targets] == saved, time.perf_counter() - start,
         ))  # fmt: skip
     return report
 

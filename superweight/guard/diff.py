@@ -25,6 +25,7 @@ from superweight.model.files import ModelFiles, TensorSpan, gguf_tensor_name, re
 
 if TYPE_CHECKING:
     from superweight.detect.result import ScanResult
+    from superweight.guard.manifest import SuperWeightEntry
 
 
 @dataclass
@@ -75,6 +76,16 @@ class DiffReport:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DiffReport:
+        from superweight.results import build
+
+        report = build(cls, data)
+        report.tensors = [build(TensorDiff, t) for t in data["tensors"]]
+        report.super_weights = [build(WeightFate, w) for w in data["super_weights"]]
+        report.super_activations = [build(ActivationFate, a) for a in data["super_activations"]]
+        return report
 
 
 def read_tensor(span: TensorSpan) -> np.ndarray:
@@ -169,14 +180,14 @@ def diff_checkpoints(
     model_a: str,
     model_b: str,
     *,
-    super_weights: list[dict[str, Any]] | None = None,
+    super_weights: list[SuperWeightEntry] | None = None,
     scan: ScanResult | None = None,
     activations: bool = False,
 ) -> DiffReport:
     """Per-tensor change statistics (largest first) and the fate of each super weight and activation.
 
-    ``super_weights`` are manifest entries of A (``layer``, ``module``, ``row``, ``col``, ``param``,
-    ``index``); without them (and without ``scan``) model A is loaded once and scanned.
+    ``super_weights`` are A's manifest entries (``Manifest.super_weights``); without them (and
+    without ``scan``) model A is loaded once and scanned.
 
     Example:
         >>> report = diff_checkpoints("./base", "./finetuned")
@@ -196,7 +207,7 @@ def diff_checkpoints(
         report.notes.append("different formats: values compared as float32 after GGUF dequantization (Q/K un-permuted)")
     lm = None
     if super_weights is None:
-        from superweight.guard.manifest import super_weight_entries
+        from superweight.guard.fingerprint import super_weight_entries
         from superweight.model.loading import load_model
 
         lm = load_model(model_a)
@@ -215,15 +226,15 @@ def diff_checkpoints(
     return report
 
 
-def _weight_fate(e: dict[str, Any], fa: ModelFiles, by_a: dict[str, tuple[TensorSpan, TensorSpan]]) -> WeightFate:
-    name = e["param"]
+def _weight_fate(e: SuperWeightEntry, fa: ModelFiles, by_a: dict[str, tuple[TensorSpan, TensorSpan]]) -> WeightFate:
+    name = e.param
     if fa.format == "gguf":
         name = gguf_tensor_name(name, fa.identity.get("architecture") or "", int(fa.identity.get("block_count") or 0))
     if name not in by_a:
-        return WeightFate(e["layer"], e["row"], e["col"], e["value"], math.nan, "removed", 0.0)
+        return WeightFate(e.layer, e.row, e.col, e.value, math.nan, "removed", 0.0)
     sa, sb = by_a[name]
     a, b = read_tensor(sa), read_tensor(sb)
-    idx = tuple(e["index"])
+    idx = tuple(e.index)
     va, vb = float(a[idx]), float(b[idx])
     fate, ratio = _fate(va, vb)
     moved = None
@@ -231,7 +242,7 @@ def _weight_fate(e: dict[str, Any], fa: ModelFiles, by_a: dict[str, tuple[Tensor
         top = np.unravel_index(int(np.nanargmax(np.abs(b))), b.shape)
         if tuple(int(i) for i in top) != idx and abs(float(b[top])) >= 0.5 * abs(va):
             fate, moved = "moved", [int(i) for i in top]
-    return WeightFate(e["layer"], e["row"], e["col"], va, vb, fate, ratio, moved)
+    return WeightFate(e.layer, e.row, e.col, va, vb, fate, ratio, moved)
 
 
 def _activation_fates(model_a: str, model_b: str, scan: ScanResult | None, lm_a: Any) -> list[ActivationFate]:

@@ -48,6 +48,8 @@ PAGE_MODULES = {
     "diff": "superweight.report.guard",
     "verify": "superweight.report.guard",
     "fingerprint": "superweight.report.guard",
+    "repair": "superweight.report.guard",
+    "quantized-attack": "superweight.report.guard",
     "compare": "superweight.report.compare",
     "atlas": "superweight.report.atlas",
     "atlas-check": "superweight.report.atlas",
