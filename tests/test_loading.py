@@ -43,8 +43,9 @@ def test_local_safetensors_folder_loads_bit_exactly(tmp_path):
 def test_pickle_weights_need_allow_pickle(tmp_path):
     save_tiny(tmp_path, safe=False)
     assert not list(tmp_path.glob("*.safetensors"))
-    with pytest.raises(ModelNotFoundError, match="--allow-pickle"):
+    with pytest.raises(ModelNotFoundError, match="pickled weights") as caught:
         load_model(str(tmp_path))
+    assert caught.value.option == "allow_pickle" and "--" not in caught.value.message
     lm = load_model(str(tmp_path), allow_pickle=True)
     assert lm.architecture == "LlamaForCausalLM"
 
@@ -143,3 +144,23 @@ def test_unknown_architecture_lists_supported_and_pattern_works():
         register_pattern(model, "model.layers.*.mlp.down_proj")
     with pytest.raises(UnsupportedArchitectureError, match="not a Linear"):
         register_pattern(model, "transformer.h.*.mlp")
+
+
+def test_library_errors_name_options_not_flags(tmp_path):
+    """A library message names the setting (``option``); only the CLI spells the flag."""
+    from superweight.errors import SuperweightError
+
+    with pytest.raises(SuperweightError) as caught:
+        load_model(str(tmp_path), device="tpu")
+    assert caught.value.option == "device" and "--" not in caught.value.message
+    if not torch.cuda.is_available():
+        with pytest.raises(SuperweightError) as caught:
+            load_model(str(tmp_path), device="cuda")
+        assert caught.value.option == "device" and "--device" not in caught.value.message
+
+
+def test_pickle_error_names_the_flag_on_the_cli(tmp_path):
+    from conftest import assert_one_line_error, cli
+
+    save_tiny(tmp_path, safe=False)
+    assert_one_line_error(cli("scan", str(tmp_path)), "--allow-pickle")

@@ -76,6 +76,15 @@ def add_load(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="glob over module names for an unsupported architecture, e.g. 'model.layers.*.mlp.down_proj'",
     )
+    g.add_argument(
+        "--device-map",
+        metavar="MAP",
+        default=None,
+        help="spread the model with accelerate: auto, balanced, sequential, or a JSON {module: device} map",
+    )
+    g.add_argument("--max-memory", metavar="CAPS", default=None,
+                   help="memory cap per device for --device-map, e.g. '0=20GiB,cpu=8GiB'")  # fmt: skip
+    g.add_argument("--offload-folder", metavar="DIR", default=None, help="where accelerate offloads to disk")
 
 
 def add_device(parser: argparse.ArgumentParser) -> None:
@@ -199,7 +208,14 @@ def load_from(args: argparse.Namespace) -> LoadedModel:
     from superweight.progress import log
 
     lm = load_model(
-        args.model, dtype=args.dtype, device=args.device, allow_pickle=args.allow_pickle, down_proj=args.down_proj
+        args.model,
+        dtype=args.dtype,
+        device=args.device,
+        allow_pickle=args.allow_pickle,
+        down_proj=args.down_proj,
+        device_map=args.device_map,
+        max_memory=args.max_memory,
+        offload_folder=args.offload_folder,
     )
     log(lm.describe())
     return lm

@@ -42,6 +42,13 @@ def register(sub: Any) -> None:
     d.add_argument("--min-loss-increase", type=float, default=cfg.min_loss_increase,
                    help=f"probe loss (nats) zeroing must add to confirm (default {cfg.min_loss_increase})")  # fmt: skip
     d.add_argument("--probe-text", metavar="TEXT", default=None, help="text whose loss confirms each candidate")
+    from superweight.detect.strategy import STRATEGIES
+
+    d.add_argument("--strategy", default="auto", choices=STRATEGIES,
+                   help="hold the model in memory, offloaded by accelerate, or streamed layer by layer from "
+                   "the safetensors shards (default auto: memory if it fits, else stream)")  # fmt: skip
+    d.add_argument("--weights-only", action="store_true",
+                   help="rank candidates from the weight files alone: no model built, no forward pass")  # fmt: skip
     p.set_defaults(func=run)
 
 
@@ -57,9 +64,32 @@ def run(args: argparse.Namespace) -> int:
         min_loss_increase=args.min_loss_increase,
         **({"probe_text": args.probe_text} if args.probe_text is not None else {}),
     )
+    if args.weights_only:
+        from superweight.detect.weights_only import weight_scan
+
+        emit(args, "scan-weights", weight_scan(args.model), render_weights)
+        return 0
+    if args.strategy != "memory" or args.device_map is not None:
+        from superweight.detect.strategy import scan_with_strategy
+
+        result = scan_with_strategy(args.model, args.strategy, args.prompt, config, dtype=args.dtype,
+                                    device=args.device, allow_pickle=args.allow_pickle, down_proj=args.down_proj,
+                                    device_map=args.device_map, max_memory=args.max_memory,
+                                    offload_folder=args.offload_folder)  # fmt: skip
+        emit(args, "scan", result, render)
+        return 0
     lm = load_from(args)
     emit(args, "scan", scan_model(lm, args.prompt, config), render)
     return 0
+
+
+def render_weights(result: Any) -> str:
+    from superweight.report.tables import format_table
+
+    rows = [[i + 1, c.layer, c.module, c.row, c.col, c.value, c.score] for i, c in enumerate(result.candidates[:20])]
+    title = f"{result.model}: weight-only candidates ({result.score}; not confirmed by any forward pass)"
+    table = format_table(["rank", "layer", "module", "row", "col", "weight", "score"], rows, title=title)
+    return table if table.endswith("\n") else table + "\n"
 
 
 def render(scan: ScanResult) -> str:
@@ -130,6 +160,10 @@ def render(scan: ScanResult) -> str:
     t = payload["timings"]
     passes = f" ({t['forward_passes']} forward passes)" if "forward_passes" in t else ""
     out += f"\nload {t.get('load_s', 0):.1f} s, detection {t['detect_s']:.1f} s{passes}\n"
+    if payload["source"].get("placement"):
+        from superweight.model.placement import Placement
+
+        out += Placement.from_dict(payload["source"]["placement"]).summary() + "\n"
     return out
 
 

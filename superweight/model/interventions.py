@@ -48,21 +48,96 @@ def refs_for(model: torch.nn.Module, coordinates: Iterable[Coordinate]) -> list[
 
 @contextmanager
 def edited(refs: Iterable[WeightRef], edit: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[list[WeightRef]]:
-    """Replace each referenced weight ``w`` by ``edit(w)`` inside the block; restore on exit."""
+    """Replace each referenced weight ``w`` by ``edit(w)`` inside the block; restore on exit.
+
+    A weight accelerate has offloaded (its parameter is on ``meta`` between forward passes) is edited
+    where it is used: a hook runs after accelerate has moved the weights in and swaps in an edited
+    copy for that forward pass. The stored copy (which may be the user's own safetensors file) is
+    never written, so nothing can be left edited there (see :func:`is_offloaded`).
+    """
     import torch
 
     refs = list(refs)
-    saved = [ref.get().clone() for ref in refs]
+    offloaded = [ref for ref in refs if is_offloaded(ref.site)]
+    resident = [ref for ref in refs if not is_offloaded(ref.site)]
+    saved = [ref.get().clone() for ref in resident]
+    pushed: list[tuple[Any, list]] = []
     try:
         with torch.no_grad():
-            for ref, original in zip(refs, saved, strict=True):
+            for ref, original in zip(resident, saved, strict=True):
                 ref.site.weight[ref.row, ref.col] = edit(original)
+        pushed = _push_offloaded(offloaded, edit)
         yield refs
     finally:
+        for hook, layer in pushed:
+            hook.stack.remove(layer)
         with torch.no_grad():
             # reversed: if a coordinate is listed twice, the first saved (true) original wins
-            for ref, original in reversed(list(zip(refs, saved, strict=True))):
+            for ref, original in reversed(list(zip(resident, saved, strict=True))):
                 ref.site.weight[ref.row, ref.col] = original
+
+
+def is_offloaded(site: DownProj) -> bool:
+    """Whether accelerate keeps this weight elsewhere (CPU or disk) and moves it in per forward pass."""
+    return site.parameter.device.type == "meta"
+
+
+_EDIT_HOOKS: Any = None  # WeakKeyDictionary: module -> its edit hook, attached once and inert when empty
+
+
+def _edit_hook(module: torch.nn.Module) -> Any:
+    """The one edit hook of ``module``, appended after accelerate's own (public ``add_hook_to_module``)."""
+    global _EDIT_HOOKS
+    import weakref
+
+    from accelerate.hooks import ModelHook, add_hook_to_module
+
+    if _EDIT_HOOKS is None:
+        _EDIT_HOOKS = weakref.WeakKeyDictionary()
+    if module in _EDIT_HOOKS:
+        return _EDIT_HOOKS[module]
+
+    class EditOnload(ModelHook):
+        """Swaps in an edited copy of the weights accelerate just moved in; they go back to meta after."""
+
+        def __init__(self) -> None:
+            self.stack: list[list[tuple[DownProj, int, int, Callable]]] = []
+
+        def pre_forward(self, module: Any, *args: Any, **kwargs: Any) -> tuple[tuple, dict]:
+            import torch
+
+            if not self.stack:
+                return args, kwargs
+            with torch.no_grad():
+                copies: set[str] = set()
+                for layer in self.stack:  # in nesting order: an inner edit sees the outer one's value
+                    for site, _, _, _ in layer:
+                        name = "down_proj" if site.expert is not None else "weight"
+                        if name not in copies:
+                            current = getattr(module, name)
+                            setattr(module, name, torch.nn.Parameter(current.detach().clone(), requires_grad=False))
+                            copies.add(name)
+                    values = [site.weight[row, col].clone() for site, row, col, _ in layer]
+                    for (site, row, col, fn), value in zip(layer, values, strict=True):
+                        site.weight[row, col] = fn(value)
+            return args, kwargs
+
+    hook = EditOnload()
+    add_hook_to_module(module, hook, append=True)
+    _EDIT_HOOKS[module] = hook
+    return hook
+
+
+def _push_offloaded(refs: list[WeightRef], edit: Callable) -> list[tuple[Any, list]]:
+    by_module: dict[int, tuple[torch.nn.Module, list]] = {}
+    for ref in refs:
+        by_module.setdefault(id(ref.site.module), (ref.site.module, []))[1].append((ref.site, ref.row, ref.col, edit))
+    pushed = []
+    for module, layer in by_module.values():
+        hook = _edit_hook(module)
+        hook.stack.append(layer)
+        pushed.append((hook, layer))
+    return pushed
 
 
 def zeroed(refs: Iterable[WeightRef]):

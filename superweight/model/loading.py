@@ -70,7 +70,7 @@ def _torch_dtype(dtype: str) -> Any:
     import torch
 
     if dtype not in MODEL_DTYPES:
-        raise SuperweightError(f"unknown dtype {dtype!r}; choose one of {', '.join(MODEL_DTYPES)}")
+        raise SuperweightError(f"unknown dtype {dtype!r}; choose one of {', '.join(MODEL_DTYPES)}", option="dtype")
     return getattr(torch, dtype)
 
 
@@ -78,9 +78,9 @@ def _resolve_device(device: str) -> str:
     import torch
 
     if device not in DEVICES:
-        raise SuperweightError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
+        raise SuperweightError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}", option="device")
     if device == "cuda" and not torch.cuda.is_available():
-        raise SuperweightError("--device cuda was asked for but no CUDA device is available; use --device cpu")
+        raise SuperweightError("cuda was asked for but no CUDA device is available; use cpu", option="device")
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return device
@@ -102,17 +102,19 @@ def gguf_cache_dir(path: Path, dtype: str) -> Path:
     return cache_root() / "gguf" / f"{path.stem}-{key}"
 
 
-def _load_gguf(path: Path, dtype: str, use_cache: bool) -> tuple[Any, Any, str | None]:
+def _load_gguf(path: Path, dtype: str, use_cache: bool, place: dict[str, Any]) -> tuple[Any, Any, str | None]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     check_gguf(path)
     cached = gguf_cache_dir(path, dtype)  # keyed by size and mtime: a hit means the same file loaded before
     if use_cache and (cached / "config.json").is_file():
-        model = AutoModelForCausalLM.from_pretrained(cached, dtype=_torch_dtype(dtype))
+        model = AutoModelForCausalLM.from_pretrained(cached, dtype=_torch_dtype(dtype), **place)
         tokenizer = AutoTokenizer.from_pretrained(cached)
         return model, tokenizer, str(cached)
     try:
-        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=_torch_dtype(dtype))
+        model = AutoModelForCausalLM.from_pretrained(
+            path.parent, gguf_file=path.name, dtype=_torch_dtype(dtype), **place
+        )
         tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     except Exception as exc:  # truncation surfaces as many kinds of error deep inside the reader
         first = str(exc).splitlines()[0] if str(exc) else ""
@@ -148,7 +150,7 @@ def _write_cache(model: Any, tokenizer: Any, cached: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _load_folder(path: Path, dtype: str, allow_pickle: bool) -> tuple[Any, Any]:
+def _load_folder(path: Path, dtype: str, allow_pickle: bool, place: dict[str, Any]) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if not (path / "config.json").is_file():
@@ -158,13 +160,16 @@ def _load_folder(path: Path, dtype: str, allow_pickle: bool) -> tuple[Any, Any]:
     if not has_safetensors:
         if has_pickle and not allow_pickle:
             raise ModelNotFoundError(
-                f"{path} holds only pickled weights (.bin); pass --allow-pickle to load them (weights_only=True)"
+                f"{path} holds only pickled weights (.bin); pass {{option}} to load them (weights_only=True)",
+                option="allow_pickle",
             )
         if not has_pickle:
             raise ModelNotFoundError(f"{path} has no weights (*.safetensors or *.bin)")
     try:
         # transformers loads .bin files with torch.load(weights_only=True).
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=_torch_dtype(dtype), use_safetensors=has_safetensors)
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=_torch_dtype(dtype), use_safetensors=has_safetensors, **place
+        )
     except ValueError as exc:
         raise ModelNotFoundError(f"transformers cannot load {path}: {str(exc).splitlines()[0]}") from None
     except OSError as exc:
@@ -176,12 +181,12 @@ def _load_folder(path: Path, dtype: str, allow_pickle: bool) -> tuple[Any, Any]:
     return model, tokenizer
 
 
-def _load_hub(spec: str, dtype: str) -> tuple[Any, Any]:
+def _load_hub(spec: str, dtype: str, place: dict[str, Any]) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
     try:
-        model = AutoModelForCausalLM.from_pretrained(spec, dtype=_torch_dtype(dtype), local_files_only=offline)
+        model = AutoModelForCausalLM.from_pretrained(spec, dtype=_torch_dtype(dtype), local_files_only=offline, **place)
         tokenizer = AutoTokenizer.from_pretrained(spec, local_files_only=offline)
     except OSError:
         raise ModelNotFoundError(
@@ -199,11 +204,19 @@ def load_model(
     allow_pickle: bool = False,
     use_cache: bool = True,
     down_proj: str | None = None,
+    device_map: str | dict[str, Any] | None = None,
+    max_memory: str | dict[Any, Any] | None = None,
+    offload_folder: str | Path | None = None,
+    resident_down_proj: bool = False,
 ) -> LoadedModel:
     """Load ``spec``: a built-in alias, a local HF folder, a ``.gguf`` file, or a hub id.
 
     ``down_proj`` (a glob over module names) registers an ad-hoc adapter for this model's class, so
     that every later step (detection, conditions, quantization, the guard) finds its down-projections.
+
+    ``device_map`` / ``max_memory`` / ``offload_folder`` go to accelerate through ``from_pretrained``
+    (spread over GPUs, CPU and disk); ``resident_down_proj`` keeps the down-projections of offloaded
+    layers in memory, which detection needs (see :mod:`superweight.model.placement`).
 
     Example:
         >>> lm = load_model("smollm2-135m")
@@ -212,21 +225,22 @@ def load_model(
     resolved = resolve_spec(spec)
     _quiet_transformers()
     torch_device = _resolve_device(device)
+    place = _placement_kwargs(resolved, dtype, torch_device, device_map, max_memory, offload_folder, resident_down_proj)
     start = time.perf_counter()
     dequantized = cache_path = None
     path = resolved.path
     if resolved.kind in ("alias", "gguf"):
-        model, tokenizer, cache_path = _load_gguf(path, dtype, use_cache)
+        model, tokenizer, cache_path = _load_gguf(path, dtype, use_cache, place)
         dequantized = "GGUF"
     elif resolved.kind == "safetensors":
         raise ModelNotFoundError(f"{path} is one weight file; give its folder (with config.json and the tokenizer)")
     elif resolved.kind == "folder":
-        model, tokenizer = _load_folder(path, dtype, allow_pickle)
+        model, tokenizer = _load_folder(path, dtype, allow_pickle, place)
     else:
-        model, tokenizer = _load_hub(resolved.spec, dtype)
+        model, tokenizer = _load_hub(resolved.spec, dtype, place)
     model.eval()
     model.requires_grad_(False)
-    if torch_device != "cpu":
+    if torch_device != "cpu" and not place:
         model.to(torch_device)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -247,4 +261,54 @@ def load_model(
         load_s=time.perf_counter() - start,
         dequantized_from=dequantized,
         cache_path=cache_path,
+        extra={"device_map": {k: str(v) for k, v in (getattr(model, "hf_device_map", None) or {}).items()}}
+        if place
+        else {},
     )
+
+
+def _placement_kwargs(
+    resolved: Any,
+    dtype: str,
+    device: str,
+    device_map: str | dict[str, Any] | None,
+    max_memory: str | dict[Any, Any] | None,
+    offload_folder: str | Path | None,
+    resident_down_proj: bool,
+) -> dict[str, Any]:
+    """What ``from_pretrained`` gets to dispatch the model (empty: load on one device as before)."""
+    from superweight.model.placement import parse_device_map, parse_max_memory
+
+    device_map = parse_device_map(device_map)
+    memory = parse_max_memory(max_memory)
+    if device_map is None:
+        if memory is not None or offload_folder is not None:
+            raise SuperweightError("needs a device map (auto, balanced, sequential or JSON)", option="device_map")
+        return {}
+    place: dict[str, Any] = {"device_map": device_map}
+    if memory is not None:
+        place["max_memory"] = memory
+    if offload_folder is not None:
+        Path(offload_folder).mkdir(parents=True, exist_ok=True)
+        place["offload_folder"] = str(offload_folder)
+    if resident_down_proj and isinstance(device_map, str):
+        place["device_map"] = _resident_map(resolved, dtype, device, device_map, memory)
+    return place
+
+
+def _resident_map(resolved: Any, dtype: str, device: str, strategy: str, memory: dict[Any, int] | None) -> dict:
+    """accelerate's own map for ``strategy``, with the down-projections kept on the main device."""
+    from accelerate import infer_auto_device_map, init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from superweight.model.placement import resident_down_projections
+
+    config = AutoConfig.from_pretrained(resolved.path if resolved.kind == "folder" else resolved.spec)
+    with init_empty_weights():
+        skeleton = AutoModelForCausalLM.from_config(config, dtype=_torch_dtype(dtype))
+    kwargs: dict[str, Any] = {"no_split_module_classes": skeleton._no_split_modules, "dtype": _torch_dtype(dtype)}
+    if memory is not None:
+        kwargs["max_memory"] = memory
+    device_map = infer_auto_device_map(skeleton, **kwargs)
+    main = 0 if device == "cuda" else "cpu"
+    return resident_down_projections(device_map, skeleton, main)
