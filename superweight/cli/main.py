@@ -14,7 +14,7 @@ from superweight import __version__
 from superweight.errors import SuperweightError
 
 # Each name is a module superweight.cli.<name> with register(subparsers) and run(args) -> int.
-COMMANDS = ("scan", "ablate", "scale", "quantize", "fingerprint", "verify", "diff", "attack", "report")
+COMMANDS = ("scan", "ablate", "scale", "quantize", "fingerprint", "verify", "diff", "attack", "report", "study")
 
 EPILOG = """examples:
   superweight scan                      find the super weights of the built-in default model

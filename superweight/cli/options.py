@@ -28,6 +28,8 @@ FLAGS = {
     "sources": "--data",
     "budget_bytes": "--budget",
     "probe_text": "--probe-text",
+    "train_source": "--train-data",
+    "eval_source": "--eval-data",
 }
 
 

@@ -49,6 +49,8 @@ PAGE_MODULES = {
     "verify": "superweight.report.guard",
     "fingerprint": "superweight.report.guard",
     "compare": "superweight.report.compare",
+    "study-recovery": "superweight.report.study",
+    "study-prevention": "superweight.report.study",
 }
 
 
