@@ -17,7 +17,8 @@ from superweight.study.recovery import RecoverySettings, run_recovery
 from superweight.study.training import TrainSettings
 
 TINY = DetectionConfig(min_loss_increase=0.02, probe_text=PROBE)
-WORDS = "the cat sat on mat summer is hot and winter cold one two three four five river flows past town old".split()
+WORDS = ("the", "cat", "sat", "on", "mat", "summer", "is", "hot", "and", "winter", "cold", "one", "two", "three",
+         "four", "five", "river", "flows", "past", "town", "old")  # fmt: skip
 
 
 def _text(seed: int) -> str:
@@ -34,6 +35,13 @@ def texts(tmp_path):
     return str(train), str(test)
 
 
+@pytest.fixture(scope="module")
+def scan():
+    """The planted model's scan, once: every planted() model is the same, so its coordinates apply to each."""
+    model, tok = planted()
+    return find_super_weights(model, tok, PROMPTS, TINY)
+
+
 def _lm():
     model, tok = planted()
     return LoadedModel(model, tok, "tiny", "folder", "tiny", "LlamaForCausalLM", 0, "float32", "cpu", 0.0)
@@ -45,9 +53,8 @@ def _settings(texts, method="full", steps=4, control=True):
                             eval_seq_len=64, control=control)  # fmt: skip
 
 
-def test_fine_tuning_lowers_the_loss_and_tracks_the_zeroed_weight(texts, tmp_path):
+def test_fine_tuning_lowers_the_loss_and_tracks_the_zeroed_weight(texts, tmp_path, scan):
     lm = _lm()
-    scan = find_super_weights(lm.model, lm.tokenizer, PROMPTS, TINY)
     assert [(w.layer, w.row, w.col) for w in scan.super_weights] == [(1, 5, 17)]
     state = {k: v.clone() for k, v in lm.model.state_dict().items()}
     result = run_recovery(lm, scan, _settings(texts), checkpoint_dir=tmp_path / "ck")
@@ -66,7 +73,7 @@ def test_fine_tuning_lowers_the_loss_and_tracks_the_zeroed_weight(texts, tmp_pat
     assert damaged[-1].nll < damaged[0].nll
     assert damaged[-1].weights[0] != 0.0  # the zeroed weight is trainable, and tracked
     assert result.control[0].nll == refs["original"].nll and result.control[0].weights == [2.0]
-    steps, vs_control, vs_original = zip(*result.curve(), strict=True)
+    _, vs_control, vs_original = zip(*result.curve(), strict=True)
     assert vs_control[0] == pytest.approx(0.0) and vs_original[0] == pytest.approx(0.0)
     assert result.final_restored_weight.weights == [2.0]
     assert result.data["train"]["sha256"] != result.data["eval"]["sha256"]
@@ -74,9 +81,8 @@ def test_fine_tuning_lowers_the_loss_and_tracks_the_zeroed_weight(texts, tmp_pat
     assert again.to_dict() == result.to_dict()
 
 
-def test_an_interrupted_run_resumes_from_its_checkpoint_exactly(texts, tmp_path):
+def test_an_interrupted_run_resumes_from_its_checkpoint_exactly(texts, tmp_path, scan):
     lm = _lm()
-    scan = find_super_weights(lm.model, lm.tokenizer, PROMPTS, TINY)
     state = {k: v.clone() for k, v in lm.model.state_dict().items()}
     settings = _settings(texts, control=False)
     whole = run_recovery(lm, scan, settings, checkpoint_dir=tmp_path / "whole")
@@ -93,9 +99,8 @@ def test_an_interrupted_run_resumes_from_its_checkpoint_exactly(texts, tmp_path)
     assert [p.to_dict() for p in resumed.damaged] == [p.to_dict() for p in whole.damaged]
 
 
-def test_lora_tracks_the_weight_through_the_adapter(texts, tmp_path):
+def test_lora_tracks_the_weight_through_the_adapter(texts, tmp_path, scan):
     lm = _lm()
-    scan = find_super_weights(lm.model, lm.tokenizer, PROMPTS, TINY)
     state = {k: v.clone() for k, v in lm.model.state_dict().items()}
     modules = {name: type(m).__name__ for name, m in lm.model.named_modules()}
     result = run_recovery(lm, scan, _settings(texts, method="lora", control=False), checkpoint_dir=tmp_path / "ck")
@@ -106,19 +111,11 @@ def test_lora_tracks_the_weight_through_the_adapter(texts, tmp_path):
     assert result.damaged[-1].train_loss < result.damaged[1].train_loss
 
 
-def _scan_file(model_dir, tmp_path):
-    lm = _lm()
-    scan = find_super_weights(lm.model, lm.tokenizer, PROMPTS, TINY)
-    path = tmp_path / "scan.json"
-    write_json(path, document("scan", scan))
-    return path
-
-
-def test_cli_writes_a_run_folder_and_a_longer_run_continues(texts, tmp_path):
+def test_cli_writes_a_run_folder_and_a_longer_run_continues(texts, tmp_path, scan):
     model_dir = save_planted(tmp_path / "model")
-    scan = _scan_file(model_dir, tmp_path)
+    scan_file = write_json(tmp_path / "scan.json", document("scan", scan))
     out = tmp_path / "run"
-    args = ["study", "recovery", str(model_dir), "--scan", str(scan), "--train-data", texts[0], "--eval-data",
+    args = ["study", "recovery", str(model_dir), "--scan", str(scan_file), "--train-data", texts[0], "--eval-data",
             texts[1], "--tasks", "", "--eval-tokens", "512", "--eval-seq-len", "64", "--seq-len", "64",
             "--eval-every", "1", "--lr", "3e-3", "--no-control", "--out", str(out)]  # fmt: skip
     first = cli(*args, "--steps", "2")

@@ -110,8 +110,12 @@ def _register_recovery(studies: Any) -> None:
     g.add_argument("--eval-tokens", type=int, default=d.eval_tokens, metavar="N",
                    help=f"test-split tokens per perplexity evaluation (default {d.eval_tokens})")  # fmt: skip
     g.add_argument("--eval-seq-len", type=int, default=d.eval_seq_len)
-    g.add_argument("--eval-data", default=d.eval_source, metavar="SOURCE",
-                   help="evaluation text: wikitext2 (its test split), c4 or a text file other than the training one")  # fmt: skip
+    g.add_argument(
+        "--eval-data",
+        default=d.eval_source,
+        metavar="SOURCE",
+        help="evaluation text: wikitext2 (test split), c4 or a text file other than the training one",
+    )
     g.add_argument("--tasks", default=",".join(d.tasks), help="zero-shot tasks, comma-separated ('' for none)")
     g.add_argument("--limit", type=int, default=d.limit, metavar="N", help="first N examples of each task")
     g.add_argument("--batch-size", type=int, default=d.batch_size, help="zero-shot batch size")
