@@ -26,6 +26,7 @@ COMMANDS = (
     "watch",
     "repair",
     "atlas",
+    "study",
     "report",
 )
 

@@ -39,6 +39,8 @@ FLAGS = {
     "trusted": "--trusted",
     "ossf_key": "--model-signing",
     "ossf_signature": "--model-signature",
+    "train_source": "--train-data",
+    "eval_source": "--eval-data",
 }
 
 

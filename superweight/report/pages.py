@@ -53,6 +53,8 @@ PAGE_MODULES = {
     "compare": "superweight.report.compare",
     "atlas": "superweight.report.atlas",
     "atlas-check": "superweight.report.atlas",
+    "study-recovery": "superweight.report.study",
+    "study-prevention": "superweight.report.study",
 }
 
 
