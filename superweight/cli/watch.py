@@ -37,7 +37,8 @@ def register(sub: Any) -> None:
     p.add_argument("--log", type=Path, metavar="FILE", help="append every verdict to this JSONL file")
     p.add_argument("--on-fail", metavar="CMD", help="shell command to run for every failed verdict")
     p.add_argument("--max-wait", type=float, default=600.0, metavar="S",
-                   help="report a checkpoint unreadable this long (--once: or still changing) as incomplete (default 600)")  # fmt: skip
+                   help="report a checkpoint unreadable this long (--once: or still changing) as incomplete "
+                        "(default 600)")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print each verdict as one JSON line")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(func=run)
