@@ -49,6 +49,7 @@ PAGE_MODULES = {
     "verify": "superweight.report.guard",
     "fingerprint": "superweight.report.guard",
     "compare": "superweight.report.compare",
+    "watch": "superweight.report.watch",
 }
 
 
