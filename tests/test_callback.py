@@ -158,7 +158,7 @@ def test_lora_merged_super_weight_is_guarded_and_protected(smollm2, smollm2_scan
 def test_manifest_reference_and_another_architecture(smollm2, smollm2_scan, tmp_path):
     from tiny import planted
 
-    from superweight.guard.manifest import fingerprint_memory, save_manifest
+    from superweight.guard.manifest import fingerprint_memory, load_manifest, save_manifest
     from superweight.io import write_json
     from superweight.results import document
 
@@ -167,6 +167,7 @@ def test_manifest_reference_and_another_architecture(smollm2, smollm2_scan, tmp_
     w, idx = super_weight(model, smollm2_scan)
     guard = attach(model, path, tokenizer=smollm2.tokenizer)
     assert guard.checks[0].ok and guard.checks[0].weights[0].bit_exact
+    assert attach(model, load_manifest(path)).reference.weights == guard.reference.weights  # in memory too
     scan_file = write_json(tmp_path / "scan.json", document("scan", smollm2_scan))  # as `scan --json` saves it
     from_scan = attach(model, scan_file).reference
     assert [(w.module, w.row, w.col) for w in from_scan.weights] == [

@@ -157,11 +157,14 @@ def test_once_for_cron_exit_codes_log_and_hook(release, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("OK ") and not marker.exists()
     replace(ckpt / "model.safetensors", tampered_bytes(model, manifest))
-    proc = cli(*args, "--json")
+    proc = cli(*args, "--json", "--out", str(tmp_path / "run"))
     assert proc.returncode == 1, proc.stderr
     verdict = json.loads(proc.stdout.splitlines()[0])
     assert verdict["status"] == "tampered" and verdict["hook"]["returncode"] == 0
     assert marker.read_text().split() == ["tampered", str(ckpt)]
+    doc = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert doc["command"] == "watch" and [v["status"] for v in doc["verdicts"]] == ["tampered"]
+    assert "1 tampered" in (tmp_path / "run" / "report.html").read_text()
     assert [r["status"] for r in read_records(log)] == ["ok", "tampered"]  # appended, the first line kept
 
 
@@ -171,6 +174,7 @@ def test_missing_or_disappearing_folder_is_one_line_exit_2(release, tmp_path):
     assert_one_line_error(
         cli("watch", str(tmp_path), "--manifest", str(manifest_path), "--interval", "0"), "--interval"
     )
+    assert_one_line_error(cli("watch", str(tmp_path), "--manifest", str(manifest_path), "--out", "x"), "--once")
     gone = tmp_path / "gone"
     gone.mkdir()
     command = [sys.executable, "-m", "superweight.cli.main", "watch", str(gone), "--manifest", str(manifest_path),

@@ -37,9 +37,12 @@ def register(sub: Any) -> None:
     p.add_argument("--log", type=Path, metavar="FILE", help="append every verdict to this JSONL file")
     p.add_argument("--on-fail", metavar="CMD", help="shell command to run for every failed verdict")
     p.add_argument("--max-wait", type=float, default=600.0, metavar="S",
-                   help="report a checkpoint unreadable this long (--once: or still changing) "
-                   "as incomplete (default 600)")  # fmt: skip
+                   help="report a checkpoint unreadable this long (--once: or still changing) as incomplete "
+                        "(default 600)")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print each verdict as one JSON line")
+    p.add_argument(
+        "--out", type=Path, metavar="DIR", help="with --once: also write a run folder (results.json, report)"
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(func=run)
 
@@ -48,6 +51,10 @@ def run(args: argparse.Namespace) -> int:
     from superweight.guard.manifest import load_manifest
     from superweight.guard.watch import Watcher
 
+    if args.out is not None and not args.once:
+        from superweight.errors import SuperweightError
+
+        raise SuperweightError("a run folder is written when the watch ends: use it with --once", option="out")
     manifest = load_manifest(args.manifest)
     watcher = Watcher(
         args.directory,
@@ -65,6 +72,10 @@ def run(args: argparse.Namespace) -> int:
     summary = watcher.run(once=args.once)
     if args.once and not summary.verdicts:
         print(f"no checkpoint (folder with .safetensors or .gguf files) in {args.directory}", file=sys.stderr)
+    if args.out is not None:
+        from superweight.report.runs import write_run
+
+        print(f"wrote {write_run(args.out, 'watch', summary) / 'results.json'}", file=sys.stderr)
     return 0 if summary.ok else 1
 
 

@@ -23,6 +23,9 @@ if TYPE_CHECKING:
     from superweight.model.architectures import DownProj
 
 
+MANIFEST_SCHEMA = "superweight.guard.manifest"  # the "schema" value of a manifest file (guard.manifest.SCHEMA)
+
+
 class ReferenceMismatchError(SuperweightError):
     """The model being guarded is not the model the reference (scan or manifest) describes."""
 
@@ -58,6 +61,16 @@ def manifest_fields(manifest: Any) -> dict[str, Any]:
     if dataclasses.is_dataclass(manifest) and not isinstance(manifest, type):
         return dataclasses.asdict(manifest)
     raise ReferenceMismatchError(f"not a manifest: {type(manifest).__name__}", option="reference")
+
+
+def _is_manifest(obj: Any) -> bool:
+    """A manifest in memory (a dict, or a typed manifest whose ``to_dict`` has the manifest schema)?"""
+    if isinstance(obj, dict):
+        return True
+    if not hasattr(obj, "to_dict") or hasattr(obj, "prompts"):  # a ScanResult has prompts
+        return False
+    data = obj.to_dict()
+    return isinstance(data, dict) and data.get("schema") == MANIFEST_SCHEMA
 
 
 def _canary_site(
@@ -117,14 +130,10 @@ def as_reference(reference: Any, model: nn.Module) -> Reference:
             except SuperweightError:
                 raise not_manifest from None
             return reference_from_findings(scan, scan.architecture)
-    if (
-        hasattr(reference, "super_weights")
-        and hasattr(reference, "super_activations")
-        and not isinstance(reference, dict)
-    ):
-        architecture = getattr(reference, "architecture", None) or type(base_model(model)).__name__
-        return reference_from_findings(reference, architecture)
-    return reference_from_manifest(reference)
+    if _is_manifest(reference) or not hasattr(reference, "super_weights"):
+        return reference_from_manifest(reference)
+    architecture = getattr(reference, "architecture", None) or type(base_model(model)).__name__
+    return reference_from_findings(reference, architecture)
 
 
 # ------------------------------------------------------------------------------------- live model

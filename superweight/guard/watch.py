@@ -59,15 +59,25 @@ class Verdict:
 
 @dataclass
 class WatchSummary:
+    """Every verdict of one watch (``--once``: one look at the folder), for a results document."""
+
     verdicts: list[Verdict]
     polls: int
+    directory: str = ""
+    manifest: str = ""
 
     @property
     def ok(self) -> bool:
         return all(v.ok for v in self.verdicts)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"ok": self.ok, "polls": self.polls, "verdicts": [v.to_dict() for v in self.verdicts]}
+        return {"ok": self.ok, "directory": self.directory, "manifest": self.manifest, "polls": self.polls,
+                "verdicts": [v.to_dict() for v in self.verdicts]}  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> WatchSummary:
+        verdicts = [Verdict(**v) for v in data["verdicts"]]
+        return cls(verdicts, int(data["polls"]), str(data.get("directory", "")), str(data.get("manifest", "")))
 
 
 # ------------------------------------------------------------------------------------- looking
@@ -253,7 +263,7 @@ class Watcher:
                 break
             if stop.wait(self.interval if not once else min(self.interval, 1.0)):
                 break
-        return WatchSummary(list(self.verdicts), self.polls)
+        return WatchSummary(list(self.verdicts), self.polls, str(self.root), self.manifest_path)
 
 
 def watch(directory: str | Path, manifest: Any, *, once: bool = False, stop: threading.Event | None = None,

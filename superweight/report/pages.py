@@ -55,6 +55,7 @@ PAGE_MODULES = {
     "atlas-check": "superweight.report.atlas",
     "study-recovery": "superweight.report.study",
     "study-prevention": "superweight.report.study",
+    "watch": "superweight.report.watch",
 }
 
 
