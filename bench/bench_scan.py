@@ -4,7 +4,7 @@ Targets: the whole scan, load included, within 60 s on a 2-core CPU (issue 2), a
 bare load plus one plain forward pass per pass the scan needs (issue 10): the scan's JSON timings say
 how many (``prompt_passes`` on the short scan prompts, ``probe_passes`` on the batch of probe
 windows), and the baseline runs exactly those, on the same shapes, in a fresh process of its own.
-Run:  python bench/bench_scan.py [MODEL]
+Run:  python bench/bench_scan.py [MODEL] [REPEAT]   (interleaved runs, the fastest of each is compared)
 """
 
 from __future__ import annotations
@@ -57,9 +57,15 @@ def main() -> None:
     spec = sys.argv[1] if len(sys.argv) > 1 else "smollm2-135m"
     scan = [sys.executable, "-c", RSS, "superweight.cli.main", "scan", spec, "--json", "-q"]
     subprocess.run(scan, check=True, capture_output=True)  # warms the dequantization cache, as any second run has
-    scan_s, scan_rss, out = timed(scan)
+    repeat = int(sys.argv[2]) if len(sys.argv) > 2 else 2
+    scans, bares = [], []
+    for _ in range(repeat):  # interleaved, best of each: a busy machine slows whichever runs at a bad moment
+        scans.append(timed(scan))
+        t = json.loads(scans[-1][2])["timings"]
+        bares.append(timed([sys.executable, "-c", BARE, spec, str(t["prompt_passes"]), str(t["probe_passes"])]))
+    scan_s, scan_rss, out = min(scans)
+    base_s, base_rss, _ = min(bares)
     t = json.loads(out)["timings"]
-    base_s, base_rss, _ = timed([sys.executable, "-c", BARE, spec, str(t["prompt_passes"]), str(t["probe_passes"])])
     print(
         f"{spec}: {t['forward_passes']} forward passes "
         f"({t['prompt_passes']} on prompts, {t['probe_passes']} on the probe)"

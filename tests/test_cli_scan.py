@@ -39,7 +39,14 @@ def test_scan_json_schema_on_a_planted_folder(planted_folder, tmp_path):
         "output_channel",
         "token",
     }
-    assert set(data["timings"]) >= {"load_s", "detect_s"}
+    assert set(data["timings"]) >= {"load_s", "detect_s", "forward_passes", "prompt_passes", "probe_passes"}
+    # issue 10: set confirmation, groups, nulls, probe, float16 (today's fields kept above)
+    assert set(sw[0]) >= {"group", "share", "loss_alone", "loss_marginal", "loss_leave_one_out", "null_ratio",
+                          "null_z", "effect_interval", "confirmed_by", "label", "bos_agreement"}  # fmt: skip
+    assert sw[0]["loss_alone"] == sw[0]["loss_increase"] and sw[0]["share"] == pytest.approx(1.0, abs=1e-3)
+    assert [(g["layer"], g["row"], g["members"]) for g in data["groups"]] == [(1, 20, [50])]
+    assert data["probe"] == {"source": "text", "windows": 1, "tokens": len(PROBE)}  # bytes: one token each
+    assert data["fp16"]["overflows_fp16"] is False
     saved = json.loads((tmp_path / "run" / "results.json").read_text())
     assert saved["super_weights"] == sw
 

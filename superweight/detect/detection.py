@@ -13,8 +13,10 @@ The published method prints the layers whose down-projection input and output ex
 * It is zeroed and the pass repeated. A candidate whose zeroing does not lower its layer's spike by
   ``min_spike_drop`` is rejected (the stopping rule); the loop ends when no unexplained spike is left,
   or after ``max_iterations``. No coordinate is ever reported twice.
-* Each remaining candidate is confirmed causally: zeroing it alone must raise the loss on a probe text
-  by ``min_loss_increase`` nats. Unconfirmed candidates stay in the JSON, out of the main list.
+* The candidates are confirmed causally *as a set* (:mod:`superweight.detect.confirm`): alone, marginal
+  in search order, leave-one-out, and per group, on probe windows (:mod:`superweight.detect.probe`),
+  against a null of magnitude-matched weights (:mod:`superweight.detect.nulls`). Unconfirmed candidates
+  stay in the JSON, out of the main list; :mod:`superweight.detect.evidence` says what the rest means.
 
 Every weight is restored bit-exactly before returning, even on error.
 """
@@ -33,7 +35,7 @@ from superweight.detect.confirm import SetLosses, confirm_set
 from superweight.detect.contributions import decompose
 from superweight.detect.evidence import explain_massive, fp16_safety, pair_label
 from superweight.detect.nulls import layer_nulls
-from superweight.detect.probe import probe_windows, window_losses
+from superweight.detect.probe import bos_toggled, probe_windows, window_losses
 from superweight.detect.result import DEFAULT_PROMPTS, DetectionConfig, LayerStats, ScanResult, WeightRow
 from superweight.errors import SuperweightError
 from superweight.model.architectures import DownProj, architecture_name, down_projections, find_down_proj
@@ -213,23 +215,6 @@ def _encode(tokenizer: Any, text: str, device: torch.device) -> torch.Tensor:
     if ids.shape[1] == 0:
         raise SuperweightError(f"prompt {text!r} has no tokens")
     return ids.to(device)
-
-
-def bos_toggled(tokenizer: Any, prompt_ids: list[torch.Tensor]) -> list[torch.Tensor]:
-    """The prompts with the tokenizer's BOS token prepended, or dropped where it is there (none: [])."""
-    import torch
-
-    bos = getattr(tokenizer, "bos_token_id", None)
-    if bos is None:
-        return []
-    out = []
-    for ids in prompt_ids:
-        if int(ids[0, 0]) == bos:
-            if ids.shape[1] > 1:
-                out.append(ids[:, 1:])
-        else:
-            out.append(torch.cat([ids.new_tensor([[bos]]), ids], dim=1))
-    return out
 
 
 def find_super_weights(

@@ -115,3 +115,20 @@ def bootstrap_interval(values: list[float], draws: int = 2000, level: float = 0.
     lo = means[int((1 - level) / 2 * (draws - 1))]
     hi = means[int((1 + level) / 2 * (draws - 1))]
     return [lo, hi]
+
+
+def bos_toggled(tokenizer: Any, prompt_ids: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The prompts with the tokenizer's BOS token prepended, or dropped where it is there (none: [])."""
+    import torch
+
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is None:
+        return []
+    out = []
+    for ids in prompt_ids:
+        if int(ids[0, 0]) == bos:
+            if ids.shape[1] > 1:
+                out.append(ids[:, 1:])
+        else:
+            out.append(torch.cat([ids.new_tensor([[bos]]), ids], dim=1))
+    return out
