@@ -34,7 +34,7 @@ def test_the_packaged_atlas_validates_and_holds_what_the_issue_asks_for():
     assert readings == [(1, 1764, 8041), (2, 1764, 8041)]
     assert [(x.layer, x.expert) for x in by_id["qwen3-30b-a3b"].super_experts] == [(1, 68), (2, 92), (3, 82)]
     assert by_id["smollm2-135m"].status == "measured here" and by_id["gemma3-270m"].super_weights == ()
-    assert by_id["llama-2-13b"].status == "unverified"  # said so, since no second source was found
+    assert by_id["llama-2-13b"].status == "unverified"  # said so: no primary source was read for it
     assert [e.id for e in atlas.find("Llama-2-7B")] == ["llama-2-7b"]  # case and dashes do not matter
     assert [e.id for e in atlas.find("/models/Meta-Llama-3-8B-Instruct")] == ["llama-3-8b"]
 

@@ -176,6 +176,9 @@ def test_cli_ablate_prunes_super_experts_against_random_ones(moe_folder, tmp_pat
     }
     assert nats["no-super-experts"] > 0.1 and nats["no-super-experts"] > 3 * abs(nats["random-experts"]), nats
     assert rows["no-super-experts"]["edited_weights"] == 64 * 128  # one whole expert matrix
+    pruned = json.loads(proc.stdout)["pruned_experts"]
+    assert pruned["no-super-experts"] == [[2, 1]] and len(pruned["random-experts"]) == 1
+    assert pruned["random-experts"] != [[2, 1]]
 
 
 def test_cli_ablate_expert_conditions_reject_a_dense_model(tmp_path):

@@ -11,6 +11,7 @@ EXAMPLES = """examples:
   superweight ablate --data-dir ../shared/data --max-tokens 16384
   superweight ablate --data-dir ../shared/data --tasks piqa,arc_easy --limit 200 --out runs/ablate
   superweight ablate gemma3-270m --conditions original,no-sw --scan scan.json --json
+  superweight ablate ./Qwen3-30B-A3B --conditions original,no-super-experts,random-experts --seed 1
 """
 
 

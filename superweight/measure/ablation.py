@@ -84,6 +84,8 @@ class AblationResult:
     provenance: Provenance
     token_shift: list[TokenShift] = field(default_factory=list)
     continuations: list[Continuation] = field(default_factory=list)
+    # expert conditions: condition name -> the [layer, expert] pairs it pruned (super experts, the random control)
+    pruned_experts: dict[str, list[list[int]]] = field(default_factory=dict)
 
     def condition(self, name: str) -> ConditionResult | None:
         return next((c for c in self.conditions if c.name == name), None)
@@ -107,6 +109,7 @@ class AblationResult:
             provenance=Provenance.from_dict(data["provenance"]),
             token_shift=[build(TokenShift, t) for t in data["token_shift"]],
             continuations=[build(Continuation, c) for c in data["continuations"]],
+            pruned_experts={k: [list(p) for p in v] for k, v in (data.get("pruned_experts") or {}).items()},
         )
 
 
@@ -342,6 +345,7 @@ def run_ablation(
         k=k,
         scope=scope,
         provenance=provenance(lm, settings, measured, 0.0),
+        pruned_experts={c.name: [[s.layer, int(s.expert)] for s in c.pruned] for c in conditions if c.pruned},
     )
     if len(tracked) == 2:
         no_sw = next(c for c in conditions if c.name == "no-sw")
