@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, suppress
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -62,6 +62,7 @@ class StreamedModel:
         from superweight.model.architectures import adapter_for, decoder_layers, down_projections, layerwise_classes
         from superweight.model.shards import open_shards
 
+        _return_freed_memory()
         self.reader = open_shards(spec)
         if self.reader.format != "safetensors":
             raise SuperweightError(
@@ -73,7 +74,10 @@ class StreamedModel:
         self.tokenizer = AutoTokenizer.from_pretrained(self.reader.root)
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        with init_empty_weights():  # parameters on meta; buffers (rotary frequencies) real
+        from transformers.initialization import no_init_weights
+
+        # parameters on meta (never filled: no init), buffers such as rotary frequencies real
+        with init_empty_weights(), no_init_weights():
             self.model = AutoModelForCausalLM.from_config(config, dtype=self.dtype)
         self.model.eval().requires_grad_(False)
         cls = type(self.model).__name__
@@ -187,6 +191,22 @@ class StreamedModel:
         if site.transposed or site.expert is not None:
             raise UnsupportedArchitectureError(f"{site.label}: only dense Linear down-projections are streamed")
         return self.reader.rows(name, row, row + 1, self.dtype)[0].float()
+
+
+def _return_freed_memory() -> None:
+    """Ask glibc to serve every allocation over 1 MiB with its own mapping, so a freed layer goes back to the OS.
+
+    Otherwise glibc raises its mmap threshold after each large free (up to 32 MiB) and layer-sized
+    tensors below it are carved from the heap, which fragments and keeps growing layer after layer.
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return
+    with suppress(OSError, AttributeError):  # not glibc
+        ctypes.CDLL(name).mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
 
 
 # --- the decisions of detection.py, on recorded statistics --------------------------------------

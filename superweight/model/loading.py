@@ -306,7 +306,10 @@ def _resident_map(resolved: Any, dtype: str, device: str, strategy: str, memory:
     config = AutoConfig.from_pretrained(resolved.path if resolved.kind == "folder" else resolved.spec)
     with init_empty_weights():
         skeleton = AutoModelForCausalLM.from_config(config, dtype=_torch_dtype(dtype))
-    kwargs: dict[str, Any] = {"no_split_module_classes": skeleton._no_split_modules, "dtype": _torch_dtype(dtype)}
+    from superweight.model.architectures import decoder_layers
+
+    layer_class = type(decoder_layers(skeleton)[0]).__name__  # a decoder layer is never split
+    kwargs: dict[str, Any] = {"no_split_module_classes": [layer_class], "dtype": _torch_dtype(dtype)}
     if memory is not None:
         kwargs["max_memory"] = memory
     device_map = infer_auto_device_map(skeleton, **kwargs)

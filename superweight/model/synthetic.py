@@ -1,7 +1,7 @@
 """Write a Llama-shaped checkpoint of any size with planted super weights, one shard per layer.
 
 For benchmarks and memory tests at real sizes (7B, 13B) on machines that cannot hold such a model:
-the weights are random (``N(0, std)``, written in the checkpoint dtype), never all in memory at once.
+the weights are random (``N(0, std)``, windows of one random pool), never all in memory at once.
 Each plant mimics a real super weight: a trigger byte (``#`` for the first plant, ``$`` for the
 second, ...) at the start of the text owns one residual direction that no layer writes into; in the
 plant's layer the up and gate rows of input channel ``col`` read only that direction, so the channel
@@ -13,6 +13,7 @@ Decoys are large down-projection entries whose input channel never fires: they m
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -102,8 +103,17 @@ def write_planted(
     weight_map: dict[str, str] = {}
     h, inter = shape.hidden, shape.intermediate
 
+    # one pool of random values, windows of it at random offsets: writing is then as fast as the disk
+    pool = (torch.randn(1 << 26, generator=gen) * std).to(torch_dtype)
+
     def rand(*size: int) -> torch.Tensor:
-        return (torch.randn(*size, generator=gen) * std).to(torch_dtype)
+        n, parts = math.prod(size), []
+        while n > 0:
+            take = min(n, pool.numel() // 2)
+            start = int(torch.randint(0, pool.numel() - take + 1, (1,), generator=gen))
+            parts.append(pool[start : start + take])
+            n -= take
+        return torch.cat(parts).reshape(size)  # a copy: plants never touch the pool
 
     def save(tensors: dict[str, torch.Tensor], name: str) -> None:
         save_file(tensors, str(out / name), metadata={"format": "pt"})
@@ -111,7 +121,7 @@ def write_planted(
             weight_map[key] = name
             model.bytes_written += t.numel() * t.element_size()
 
-    emb = torch.randn(shape.vocab, h, generator=gen).to(torch_dtype)
+    emb = rand(shape.vocab, h) * (1 / std)
     head = rand(shape.vocab, h)
     emb[:, directions] = 0
     probe_ids = tok(model.probe()).input_ids
