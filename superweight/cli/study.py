@@ -50,6 +50,8 @@ def _add_training(parser: argparse.ArgumentParser, defaults: Any) -> None:
     g.add_argument("--seed", type=int, default=defaults.seed)
     g.add_argument("--data-dir", metavar="DIR", default=None, help="local data sets (default: $SUPERWEIGHT_DATA)")
     g.add_argument("--restart", action="store_true", help="discard the checkpoint in DIR/checkpoint and start over")
+    g.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="torch CPU threads (on a busy shared machine, 1 is often several times faster)")  # fmt: skip
 
 
 def _train_settings(args: argparse.Namespace, **extra: Any) -> Any:
@@ -71,7 +73,15 @@ def _train_settings(args: argparse.Namespace, **extra: Any) -> Any:
 
 
 def _checkpoints(args: argparse.Namespace) -> Any:
+    """The checkpoint folder (``--restart`` empties it); also applies ``--threads``."""
     from superweight.errors import SuperweightError
+
+    if args.threads is not None:
+        import torch
+
+        if args.threads < 1:
+            raise SuperweightError(f"must be at least 1 (got {args.threads})", option="threads")
+        torch.set_num_threads(args.threads)
 
     if args.out is None:
         raise SuperweightError("a study needs an output folder: its checkpoints and results go there", option="out")
@@ -153,12 +163,50 @@ def run_recovery(args: argparse.Namespace) -> int:
 
 
 def _register_prevention(studies: Any) -> None:
-    p = studies.add_parser("prevention", help="train small models with and without regularizers; scan checkpoints")
+    from superweight.study.prevention import VARIANTS, PreventionSettings
+
+    d = PreventionSettings()
+    p = studies.add_parser(
+        "prevention",
+        help="train small models with and without regularizers; scan their checkpoints",
+        description="Train small Llama-architecture models from scratch with and without a regularizer meant to "
+        "keep super weights from forming, scan every checkpoint, and report when massive activations and super "
+        "weights appear and what each regularizer costs in perplexity. Variants: "
+        + "; ".join(f"{k}: {v}" for k, v in VARIANTS.items()),
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_output(p)
+    _add_training(p, d.train)
+    g = p.add_argument_group("models")
+    g.add_argument("--variants", default=",".join(d.variants), help=f"comma-separated, of {', '.join(VARIANTS)}")
+    g.add_argument("--hidden", type=int, default=d.hidden)
+    g.add_argument("--layers", type=int, default=d.layers)
+    g.add_argument("--heads", type=int, default=d.heads)
+    g.add_argument("--intermediate", type=int, default=d.intermediate)
+    g.add_argument("--penalty", type=float, default=d.penalty, help="weight of act_penalty's term")
+    g.add_argument("--warmup", type=int, default=d.warmup, help="linear warm-up steps before cosine decay")
+    g.add_argument("--eval-tokens", type=int, default=d.eval_tokens, metavar="N", help="test-split bytes evaluated")
     p.set_defaults(func=run_prevention)
 
 
 def run_prevention(args: argparse.Namespace) -> int:
-    from superweight.errors import SuperweightError
+    from superweight.report.study import prevention_text
+    from superweight.study.prevention import PreventionSettings, run_prevention
 
-    raise SuperweightError("the prevention study is not available in this version yet")
+    settings = PreventionSettings(
+        train=_train_settings(args),
+        variants=tuple(split_list(args.variants)),
+        hidden=args.hidden,
+        layers=args.layers,
+        heads=args.heads,
+        intermediate=args.intermediate,
+        penalty=args.penalty,
+        warmup=args.warmup,
+        eval_tokens=args.eval_tokens,
+        data_dir=args.data_dir,
+    )
+    settings.check_data()
+    folder = _checkpoints(args)
+    emit(args, "study-prevention", run_prevention(settings, checkpoint_dir=folder), prevention_text)
+    return 0

@@ -9,6 +9,7 @@ from superweight.report.explain import g
 from superweight.report.pages import FigureSpec, Page
 from superweight.report.style import PALETTE, MissingData, new_figure, series_style
 from superweight.report.tables import format_table
+from superweight.study.prevention import PreventionResult
 from superweight.study.recovery import RecoveryResult
 
 if TYPE_CHECKING:
@@ -186,3 +187,104 @@ PAGES = {
     ),
 }
 # fmt: on
+
+
+# ---------------------------------------------------------------------------------------- prevention
+
+
+def prevention_curves(result: PreventionResult) -> Figure:
+    """Per variant over training: the largest activation over the median (log), and test perplexity."""
+    fig = new_figure(11.0, 3.8)
+    left, right = fig.subplots(1, 2)
+    for i, v in enumerate(result.variants):
+        steps = [s.step for s in v.snapshots]
+        left.plot(steps, [s.max_ratio for s in v.snapshots], label=v.name, **series_style(i))
+        right.plot(steps, [s.perplexity for s in v.snapshots], label=v.name, **series_style(i))
+        for s in v.snapshots:
+            if s.super_weights:
+                left.annotate("SW", (s.step, s.max_ratio), textcoords="offset points", xytext=(0, 6), ha="center",
+                              fontsize=7)  # fmt: skip
+    left.axhline(result.massive_ratio, color="grey", linestyle="--", linewidth=1,
+                 label=f"massive ({result.massive_ratio:g}x median)")  # fmt: skip
+    left.set_yscale("log")
+    left.set_xlabel("training step")
+    left.set_ylabel("max |h| / median |h| (largest layer)")
+    left.set_title("residual-stream outliers ('SW': a super weight confirmed)")
+    left.legend(loc="best", fontsize=8)
+    right.set_yscale("log")
+    right.set_xlabel("training step")
+    right.set_ylabel("test perplexity (bytes)")
+    right.set_title("what each variant costs")
+    right.legend(loc="best", fontsize=8)
+    fig.suptitle(f"Prevention: {result.model}")
+    return fig
+
+
+def prevention_layers(result: PreventionResult) -> Figure:
+    """At the last checkpoint: max|h| / median|h| per layer, per variant."""
+    if not result.variants or not result.variants[0].snapshots[-1].ratios:
+        raise MissingData("no residual-stream measurement")
+    fig = new_figure(7.0, 3.6)
+    ax = fig.subplots()
+    for i, v in enumerate(result.variants):
+        ratios = v.final.ratios
+        ax.plot(range(len(ratios)), ratios, label=f"{v.name} (step {v.final.step})", **series_style(i))
+    ax.axhline(result.massive_ratio, color="grey", linestyle="--", linewidth=1)
+    ax.set_yscale("log")
+    ax.set_xlabel("decoder layer (output)")
+    ax.set_ylabel("max |h| / median |h|")
+    ax.set_title("Residual-stream outliers per layer at the end of training")
+    ax.legend(loc="best", fontsize=8)
+    return fig
+
+
+def prevention_summary(result: PreventionResult) -> list[str]:
+    s = result.settings
+    out = [
+        f"{len(result.variants)} variant(s) of a {s.layers}-layer, {s.hidden}-wide Llama trained from scratch for "
+        f"{s.train.steps} steps of {s.train.batch_size} x {s.train.seq_len} bytes (seed {s.train.seed})."
+    ]
+    for v in result.variants:
+        f = v.final
+        first_sw, first_massive = v.first_super_weight(), v.first_massive()
+        sw = f"a super weight confirmed from step {first_sw}" if first_sw is not None else "no super weight confirmed"
+        massive = (f"massive from step {first_massive}" if first_massive is not None
+                   else f"never massive (largest ratio {g(max(x.max_ratio for x in v.snapshots))})")  # fmt: skip
+        cost = result.cost(v.name)
+        price = "" if v.name == "baseline" or cost is None else f", perplexity x{g(cost)} the baseline's"
+        out.append(f"{v.name}: final perplexity {g(f.perplexity)}{price}; max|h|/median {g(f.max_ratio)}; "
+                   f"{massive}; {sw}.")  # fmt: skip
+    if not any(v.first_massive() is not None or v.first_super_weight() is not None for v in result.variants):
+        out.append(
+            "Nothing massive formed at this scale, with or without a regularizer: a negative result. Massive "
+            "activations are reported in models of ~100 M parameters and more, trained on billions of tokens "
+            "(Sun et al. 2024); a test of prevention needs that scale (a GPU: raise --hidden, --layers, --steps)."
+        )
+    return out
+
+
+def prevention_text(result: PreventionResult) -> str:
+    rows = []
+    for v in result.variants:
+        for s in v.snapshots:
+            sws = "; ".join(f"L{w['layer']}[{w['row']},{w['col']}]={g(w['value'])}" for w in s.super_weights)
+            rows.append([v.name, s.step, g(s.train_loss, 4), g(s.perplexity, 4), g(s.max_activation), g(s.max_ratio),
+                         g(s.max_down_output), sws or "-", s.candidates])  # fmt: skip
+    headers = ["variant", "step", "train loss", "test ppl", "max |h|", "max/median", "max down out", "super weights",
+               "unconfirmed"]  # fmt: skip
+    return format_table(headers, rows, title=f"{result.model}: prevention") + "\n"
+
+
+PAGES["study-prevention"] = Page(
+    "study-prevention",
+    read=PreventionResult.from_dict,
+    summary=prevention_summary,
+    heading=lambda r: r.model,
+    figures=(
+        FigureSpec("prevention_curves", "Outliers and perplexity while training", prevention_curves,
+                   _fixed("Left: the largest residual-stream activation over the median, per checkpoint (log); the "
+                          "dashed line marks 'massive'. Right: test perplexity per checkpoint.")),
+        FigureSpec("prevention_layers", "Outliers per layer", prevention_layers,
+                   _fixed("max |h| / median |h| after each decoder layer at the last checkpoint.")),
+    ),
+)  # fmt: skip

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from superweight.coordinates import SuperWeight
 from superweight.errors import SuperweightError
+from superweight.io import from_json, write_json
 from superweight.progress import log, track
 from superweight.study.bench import SA_PROMPT, Bench, Point
 from superweight.study.lora import lora_adapters
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
 
 METHODS = ("full", "lora")
 PHASES = ("damaged", "control")
+REFERENCES = "references.json"
 SEED_RECOVERY = 0.40  # the seed article: restoring or retraining recovers about 40% of the loss
 
 
@@ -294,16 +296,21 @@ def run_recovery(
         if probe is not None:
             tokens = findings.super_activations[0].tokens or None
             refs_state["restored-activation"] = Condition("sa", refs, restores=[(probe.site, probe.channel, tokens)])
-        references: dict[str, Point] = {}
-        for name, condition in refs_state.items():
-            if condition is None:
-                references[name] = bench.evaluate(0, desc=name)
-            else:
-                with condition.apply():
+        references = _saved_references(folder, fingerprint)
+        if references is None:
+            references = {}
+            for name, condition in refs_state.items():
+                if condition is None:
                     references[name] = bench.evaluate(0, desc=name)
-        with zeroed(refs):  # zeroed, then each value written back exactly: the pipeline must give 100%
-            _set(refs, originals)
-            references["restored-weight"] = bench.evaluate(0, desc="restored-weight")
+                else:
+                    with condition.apply():
+                        references[name] = bench.evaluate(0, desc=name)
+            with zeroed(refs):  # zeroed, then each value written back exactly: the pipeline must give 100%
+                _set(refs, originals)
+                references["restored-weight"] = bench.evaluate(0, desc="restored-weight")
+            if folder is not None:
+                payload = {"fingerprint": fingerprint, "references": {k: v.to_dict() for k, v in references.items()}}
+                write_json(folder / REFERENCES, payload)
         phases: dict[str, list[Point]] = {}
         resumed: dict[str, int] = {}
         final = None
@@ -360,6 +367,17 @@ def run_recovery(
         resumed_from=resumed,
         seconds=time.perf_counter() - start,
     )
+
+
+def _saved_references(folder: Path | None, fingerprint: str) -> dict[str, Point] | None:
+    """The step-0 references of an earlier run of the same settings, so a resumed run does not redo them."""
+    if folder is None or not (folder / REFERENCES).is_file():
+        return None
+    data = from_json((folder / REFERENCES).read_text(encoding="utf-8"))
+    if data.get("fingerprint") != fingerprint:
+        raise SuperweightError(f"{folder} holds a run of other settings; give a new output folder or restart", "out")
+    log(f"recovery: step-0 references from {folder / REFERENCES}")
+    return {k: Point.from_dict(v) for k, v in data["references"].items()}
 
 
 def _set(refs: list[Any], values: list[Any]) -> None:
