@@ -23,6 +23,14 @@ BLOCKS = {
     "measure": ("measure.md", "<!-- results:measure:start -->", "<!-- results:measure:end -->"),
     "quantize": ("quantize.md", "<!-- results:start -->", "<!-- results:end -->"),
     "guard": ("guard.md", "<!-- results:guard:start -->", "<!-- results:guard:end -->"),
+    "scan": ("detect.md", "<!-- results:scan:start -->", "<!-- results:scan:end -->"),
+    "guard-repair": ("guard.md", "<!-- results:guard-repair:start -->", "<!-- results:guard-repair:end -->"),
+    "guard-quantized": ("guard.md", "<!-- results:guard-quantized:start -->", "<!-- results:guard-quantized:end -->"),
+    "live": ("live.md", "<!-- results:live:start -->", "<!-- results:live:end -->"),
+    "scale": ("scale.md", "<!-- results:scale:start -->", "<!-- results:scale:end -->"),
+    "weights-only": ("scale.md", "<!-- results:weights-only:start -->", "<!-- results:weights-only:end -->"),
+    "atlas": ("atlas.md", "<!-- results:atlas:start -->", "<!-- results:atlas:end -->"),
+    "study": ("study.md", "<!-- results:study:start -->", "<!-- results:study:end -->"),
 }
 
 
