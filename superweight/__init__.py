@@ -87,6 +87,11 @@ _EXPORTS = {
     "read_document": "superweight.results",
     "draw_all": "superweight.report.figures",
     "page_for": "superweight.report.pages",
+    "run_recovery": "superweight.study.recovery",
+    "RecoverySettings": "superweight.study.recovery",
+    "run_prevention": "superweight.study.prevention",
+    "PreventionSettings": "superweight.study.prevention",
+    "TrainSettings": "superweight.study.training",
 }
 
 __all__ = ["__version__", *_EXPORTS]

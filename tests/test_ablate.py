@@ -85,7 +85,7 @@ def test_ablation_on_smollm2_shows_collapse_recovery_and_controls(
     sa = {n: r.super_activation for n, r in rows.items()}
     assert abs(sa["no-sw"]) < 0.5 * abs(sa["original"])  # Figure 4: the super activation collapses too
     assert sa["no-sw+sa"] == pytest.approx(sa["original"], rel=1e-3)
-    assert rows["top-k"].edited_weights == 7000 and rows["no-sw"].edited_weights == 1
+    assert rows["top-k"].edited_weights == 7000 and rows["no-sw"].edited_weights == len(smollm2_scan.super_weights)
     assert result.token_shift and result.token_shift[0].p_edited > result.token_shift[0].p_original
     assert result.continuations[0].prompt == "Summer is hot. Winter is"
     prov = result.provenance

@@ -158,7 +158,8 @@ def test_lora_merged_super_weight_is_guarded_and_protected(smollm2, smollm2_scan
 def test_manifest_reference_and_another_architecture(smollm2, smollm2_scan, tmp_path):
     from tiny import planted
 
-    from superweight.guard.manifest import fingerprint_memory, load_manifest, save_manifest
+    from superweight.guard.fingerprint import fingerprint_memory
+    from superweight.guard.manifest import load_manifest, save_manifest
     from superweight.io import write_json
     from superweight.results import document
 

@@ -102,9 +102,8 @@ def test_compare_page_puts_runs_side_by_side(scan_run, tmp_path, capsys, smollm2
     results = json.loads((out / "results.json").read_text())
     assert results["command"] == "compare"
     first, second = (run["scan"] for run in results["runs"])
-    sw = smollm2_scan.super_weights[0]
     confirmed = [(w["layer"], w["row"], w["col"]) for w in first["super_weights"] if w["confirmed"]]
-    assert confirmed == [(sw.layer, sw.row, sw.col)]
+    assert confirmed == [(w.layer, w.row, w.col) for w in smollm2_scan.super_weights]
     assert second["super_weights"] == []
     assert [m["super weights"] for m in results["models"]] == [1, 0]
     html = (out / "report.html").read_text()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from conftest import assert_one_line_error, cli
 
 from superweight.results import read_document
@@ -12,6 +13,15 @@ from superweight.study.training import TrainSettings
 
 TEXT = "".join(f"The river {w} past the old town, and the market square is {w} in spring.\n"
                for w in ("flows", "runs", "bends", "turns", "winds", "moves", "goes", "glides") * 40)  # fmt: skip
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One torch thread for these trainings (on a busy 2-core machine several times faster), restored after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def _settings(train_file, data_dir, steps=6):
@@ -48,8 +58,6 @@ def test_each_variant_trains_and_every_checkpoint_is_scanned(whole):
 
 
 def test_the_penalty_pushes_the_largest_activation_down():
-    import torch
-
     h = torch.ones(1, 4, 8)
     h[0, 2, 5] = 50.0
     h.requires_grad_(True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 import pytest
+import torch
 from conftest import assert_one_line_error, assert_state_equal, cli
 from tiny import PROBE, PROMPTS, planted, save_planted
 
@@ -19,6 +20,15 @@ from superweight.study.training import TrainSettings
 TINY = DetectionConfig(min_loss_increase=0.02, probe_text=PROBE)
 WORDS = ("the", "cat", "sat", "on", "mat", "summer", "is", "hot", "and", "winter", "cold", "one", "two", "three",
          "four", "five", "river", "flows", "past", "town", "old")  # fmt: skip
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One torch thread for these trainings (on a busy 2-core machine several times faster), restored after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def _text(seed: int) -> str:
@@ -117,7 +127,7 @@ def test_cli_writes_a_run_folder_and_a_longer_run_continues(texts, tmp_path, sca
     out = tmp_path / "run"
     args = ["study", "recovery", str(model_dir), "--scan", str(scan_file), "--train-data", texts[0], "--eval-data",
             texts[1], "--tasks", "", "--eval-tokens", "512", "--eval-seq-len", "64", "--seq-len", "64",
-            "--eval-every", "1", "--lr", "3e-3", "--no-control", "--out", str(out)]  # fmt: skip
+            "--eval-every", "1", "--lr", "3e-3", "--no-control", "--threads", "1", "--out", str(out)]  # fmt: skip
     first = cli(*args, "--steps", "2")
     assert first.returncode == 0, first.stderr
     assert (out / "results.json").is_file() and (out / "report.html").is_file()

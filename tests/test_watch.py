@@ -28,7 +28,8 @@ def release(tmp_path_factory):
     """A tiny checkpoint with a planted super weight, and its manifest (file offsets, exact bytes)."""
     from superweight.coordinates import SuperWeight
     from superweight.detect.result import DetectionConfig, ScanResult
-    from superweight.guard.manifest import fingerprint, save_manifest
+    from superweight.guard.fingerprint import fingerprint
+    from superweight.guard.manifest import save_manifest
 
     root = tmp_path_factory.mktemp("release")
     model = save_planted(root / "model", where=PLANT)
