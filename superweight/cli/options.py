@@ -28,6 +28,7 @@ FLAGS = {
     "sources": "--data",
     "budget_bytes": "--budget",
     "probe_text": "--probe-text",
+    "probe": "--probe-windows",
 }
 
 
