@@ -66,6 +66,8 @@ def test_bad_inputs_exit_2_with_one_line(tmp_path):
     (tmp_path / "bad.gguf").write_bytes(b"GGUF" + b"\x00" * 64)
     assert_one_line_error(cli("scan", str(tmp_path / "bad.gguf")), "corrupt or truncated")
     assert_one_line_error(cli("scan", "--prompt", "  "), "empty prompt")
+    assert_one_line_error(cli("scan", "--null-draws", "-1"), "--null-draws")
+    assert_one_line_error(cli("scan", "--probe-tokens", "3"), "--probe-windows")
     assert_one_line_error(cli("scan", "--no-such-flag"), "unrecognized arguments")
     assert_one_line_error(cli("scan", "--dtype", "float8"), "invalid choice")
 

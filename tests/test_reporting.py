@@ -105,10 +105,14 @@ def test_compare_page_puts_runs_side_by_side(scan_run, tmp_path, capsys, smollm2
     confirmed = [(w["layer"], w["row"], w["col"]) for w in first["super_weights"] if w["confirmed"]]
     assert confirmed == [(w.layer, w.row, w.col) for w in smollm2_scan.super_weights]
     assert second["super_weights"] == []
-    assert [m["super weights"] for m in results["models"]] == [1, 0]
+    assert [m["super weights"] for m in results["models"]] == [len(smollm2_scan.super_weights), 0]
     html = (out / "report.html").read_text()
     assert "another-model: no super weight confirmed" in html
-    assert f"smollm2-135m: 1 super weight(s): {sw.module} [row {sw.row}, column {sw.col}]" in html
+    sw = smollm2_scan.super_weights[0]
+    assert (
+        f"smollm2-135m: {len(smollm2_scan.super_weights)} super weight(s): {sw.module} [row {sw.row}, column {sw.col}]"
+        in html
+    )
     assert len(_inline_pngs(html)) == 1
     assert main(["report", str(scan_run), str(other), "--out", str(other)]) == 2  # never overwrite an input
     assert "is one of the compared runs" in capsys.readouterr().err

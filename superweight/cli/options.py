@@ -41,6 +41,7 @@ FLAGS = {
     "ossf_signature": "--model-signature",
     "train_source": "--train-data",
     "eval_source": "--eval-data",
+    "probe": "--probe-windows",
 }
 
 

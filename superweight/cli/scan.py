@@ -49,6 +49,12 @@ def register(sub: Any) -> None:
                    "the safetensors shards (default auto: memory if it fits, else stream)")  # fmt: skip
     d.add_argument("--weights-only", action="store_true",
                    help="rank candidates from the weight files alone: no model built, no forward pass")  # fmt: skip
+    d.add_argument("--probe-windows", type=int, default=cfg.probe_windows,
+                   help=f"WikiText-2 probe windows (default {cfg.probe_windows})")  # fmt: skip
+    d.add_argument("--probe-tokens", type=int, default=cfg.probe_tokens,
+                   help=f"tokens per probe window (default {cfg.probe_tokens})")  # fmt: skip
+    d.add_argument("--null-draws", type=int, default=cfg.null_draws,
+                   help=f"null draws per candidate layer (default {cfg.null_draws}; 0: none)")  # fmt: skip
     p.set_defaults(func=run)
 
 
@@ -62,6 +68,9 @@ def run(args: argparse.Namespace) -> int:
         min_ratio=args.min_ratio,
         max_iterations=args.max_iterations,
         min_loss_increase=args.min_loss_increase,
+        probe_windows=args.probe_windows,
+        probe_tokens=args.probe_tokens,
+        null_draws=args.null_draws,
         **({"probe_text": args.probe_text} if args.probe_text is not None else {}),
     )
     if args.weights_only:
