@@ -36,7 +36,7 @@ def release(tmp_path_factory):
     sw = SuperWeight(PLANT.layer, f"model.layers.{PLANT.layer}.mlp.down_proj", PLANT.row, PLANT.col, 2.0, 0, 0, [0])
     scan = ScanResult("tiny", "LlamaForCausalLM", 0, [], [sw], [], [], [], {}, 0.0, DetectionConfig())
     manifest = fingerprint(str(model), scan_result=scan, canary=False)
-    assert manifest["super_weights"][0]["byte_offset"] > 0
+    assert manifest.super_weights[0].byte_offset > 0
     return model, save_manifest(manifest, root / "m.json"), manifest
 
 
@@ -44,7 +44,7 @@ def tampered_bytes(model, manifest, tensor: str | None = None) -> bytes:
     """The model file's bytes with one bit flipped: in the super weight, or in ``tensor``."""
     data = bytearray((model / "model.safetensors").read_bytes())
     if tensor is None:
-        offset = manifest["super_weights"][0]["byte_offset"] + 3
+        offset = manifest.super_weights[0].byte_offset + 3
     else:
         offset = resolve_model_files(str(model)).span(tensor).offset + 7
     data[offset] ^= 0x40
