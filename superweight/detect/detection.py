@@ -299,7 +299,7 @@ def find_super_weights(
     base_loss = losses.base_loss
     confirmed = [w for w in found if w.confirmed]
     hidden = _layer_outputs(model, prompt_ids[0])
-    activations = _super_activations(hidden, base, confirmed, sites, cfg)
+    activations = super_activations(hidden, base.acts[0], confirmed, sites, cfg)
     for ev, sw in zip(evidence, found, strict=True):
         ev.label = pair_label(sw, activations)
         ev.bos_agreement = bos_agreement.get(sw.coordinate)
@@ -406,14 +406,17 @@ def _layer_stats(run: _Pass, cfg: DetectionConfig) -> list[LayerStats]:
     return stats
 
 
-def _super_activations(
+def super_activations(
     hidden: list[torch.Tensor],
-    base: _Pass,
+    acts: dict[int, Any],
     weights: list[SuperWeight],
     sites: list[DownProj],
     cfg: DetectionConfig,
 ) -> list[SuperActivation]:
-    """The hidden-state spike each super weight creates, measured with every weight intact (prompt 0)."""
+    """The hidden-state spike each super weight creates, from the intact model's first prompt.
+
+    ``acts`` maps a site's index to its activations on that prompt; the streamed scan calls this too.
+    """
     out: dict[tuple[int, int], SuperActivation] = {}
     for sw in weights:
         key = (sw.layer, sw.row)
@@ -421,7 +424,7 @@ def _super_activations(
             continue
         # the down-projection output at this channel, in the first prompt, model intact
         column = max(
-            (base.acts[0][s].y[:, sw.row] for s, site in enumerate(sites) if site.layer == sw.layer),
+            (acts[s].y[:, sw.row] for s, site in enumerate(sites) if site.layer == sw.layer),
             key=lambda c: float(c.abs().max()),
         )
         peak = int(column.abs().argmax())

@@ -23,8 +23,8 @@ from contextlib import ExitStack, suppress
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from superweight.coordinates import SuperActivation, SuperWeight
-from superweight.detect.detection import robust_z
+from superweight.coordinates import SuperWeight
+from superweight.detect.detection import robust_z, super_activations
 from superweight.detect.result import DEFAULT_PROMPTS, DetectionConfig, LayerStats, ScanResult, WeightRow
 from superweight.errors import SuperweightError, UnsupportedArchitectureError
 from superweight.progress import log
@@ -344,7 +344,7 @@ def stream_scan(
         prompts=prompts,
         super_weights=confirmed,
         unconfirmed=[w for w in found if not w.confirmed],
-        super_activations=_super_activations(hidden, base_acts, confirmed, sm, cfg),
+        super_activations=super_activations(hidden, base_acts[0], confirmed, sm.sites, cfg),
         layers=_layer_stats(base_in, base_out, layers, cfg),
         timings={"load_s": load_s, "detect_s": detect_s},
         base_loss=base_loss,
@@ -399,29 +399,6 @@ def _layer_stats(in_peak: dict, out_peak: dict, layers: list[int], cfg: Detectio
                    z_in[i], z_out[i], spike_in[i] and spike_out[i])
         for i, la in enumerate(layers)
     ]  # fmt: skip
-
-
-def _super_activations(hidden, base_acts, weights: list[SuperWeight], sm: StreamedModel, cfg) -> list[SuperActivation]:
-    out: dict[tuple[int, int], SuperActivation] = {}
-    for sw in weights:
-        key = (sw.layer, sw.row)
-        if key in out:
-            continue
-        column = max(
-            (base_acts[0][s].y[:, sw.row] for s, site in enumerate(sm.sites) if site.layer == sw.layer),
-            key=lambda c: float(c.abs().max()),
-        )
-        peak = int(column.abs().argmax())
-        tokens = [int(t) for t in (column.abs() >= cfg.fire_fraction * column.abs().max()).nonzero().flatten()]
-        residual = [float(h[tokens, sw.row].abs().max()) for h in hidden]
-        ref = residual[sw.layer] if sw.layer < len(residual) else 0.0
-        persists = sw.layer
-        for i in range(sw.layer, len(residual)):
-            if residual[i] < 0.5 * ref:
-                break
-            persists = i
-        out[key] = SuperActivation(sw.layer, sw.row, float(column[peak]), tokens, residual, persists)
-    return list(out.values())
 
 
 def _weight_rows(weights: list[SuperWeight], sm: StreamedModel) -> list[WeightRow]:
